@@ -1,0 +1,7 @@
+"""lightning-viz: Lightning callbacks that make a model visible while it trains."""
+
+from lightning_viz.core.base import VizCallback
+
+__version__ = "0.1.0"
+
+__all__ = ["VizCallback", "__version__"]

@@ -1,0 +1,1 @@
+"""Shared machinery: schedule and emission (base), statistics, hooks, rank logic, sinks, writer."""

@@ -1,0 +1,194 @@
+"""VizCallback: the schedule, the stage filter, and the capture -> reduce -> render -> emit path.
+
+Subclasses implement capture (every rank), reduce (through :mod:`lightning_viz.core.distributed`, every
+rank) and a pure ``render(data) -> Figure`` from :mod:`lightning_viz.render`. This base class provides the
+rest: argument validation helpers, the output directory, sinks, emission on rank zero through the
+background writer, the once-only failure warning, and flushing at fit end and on exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from lightning.pytorch import Callback, LightningModule, Trainer
+from matplotlib.figure import Figure
+
+from lightning_viz.core import distributed, writer
+from lightning_viz.core.sinks import FileSink, Sink, fan_out, make_sinks
+from lightning_viz.core.warn import warn_once
+from lightning_viz.render._figure import close_figure, png_bytes, to_rgba
+
+WhenFull = Literal["wait", "drop_oldest"]
+
+
+def check_int(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> None:
+    """Raise ``ValueError`` naming the argument unless ``value`` is an int >= minimum (or None if optional)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or null" if optional else "")
+        raise ValueError(f"`{name}` must be {allowed}; got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise ``ValueError`` naming the argument unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}")
+
+
+def step_stem(prefix: str, step: int) -> str:
+    """File stem for an output recorded at a global step, e.g. ``weights_step000040``."""
+    return f"{prefix}_step{step:06d}"
+
+
+class VizCallback(Callback):
+    """Base class of the lightning-viz callbacks (not used directly).
+
+    Args:
+        output_dir: where files go; default ``<trainer.log_dir>/viz/<callback name>``.
+        when_full: what to do when the background rendering queue is full: ``"wait"`` (block the
+            training step until there is room; nothing is lost) or ``"drop_oldest"`` (discard the oldest
+            pending picture and warn once).
+    """
+
+    viz_name: ClassVar[str] = "viz"
+
+    def __init__(self, output_dir: str | None = None, when_full: WhenFull = "wait") -> None:
+        check_choice("when_full", when_full, ("wait", "drop_oldest"))
+        self.output_dir = output_dir
+        self.when_full = when_full
+        self.viz_dir: Path | None = None
+        self._sinks: list[Sink] = []
+
+    # ------------------------------------------------------------------ identity and state
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(output_dir=self.output_dir)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts from rank 0, so every rank calls it and agrees on the directory.
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        self.viz_dir = Path(self.output_dir) if self.output_dir else Path(log_dir) / "viz" / self.viz_name
+        self._sinks = make_sinks(trainer.loggers, self.viz_dir) if distributed.is_emitter(trainer) else []
+        self.check_setup(trainer, pl_module, stage)
+
+    def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Validate what depends on the model (layer patterns, sample sizes); raise ``ValueError``."""
+
+    # ------------------------------------------------------------------ failure isolation
+    @contextmanager
+    def guard(self, trainer: Trainer, what: str) -> Iterator[None]:
+        """Run a visualisation step; an exception becomes one warning and training goes on.
+
+        Never wrap a block that issues collectives with this on only some ranks: capture and reduce report
+        failures through ``reduce_values(failed=...)`` instead.
+        """
+        try:
+            yield
+        except Exception as err:
+            warn_once(
+                (type(self).__name__, what, type(err).__name__),
+                f"{type(self).__name__}: {what} failed at step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}): {err!r}. Training continues; this warning is shown once.",
+            )
+
+    # ------------------------------------------------------------------ emission (rank zero only)
+    def emitting(self, trainer: Trainer) -> bool:
+        return distributed.is_emitter(trainer) and bool(self._sinks)
+
+    def _submit(self, label: str, job: Callable[[], None]) -> None:
+        writer.get_writer().submit(job, f"{type(self).__name__} {label}", self.when_full)
+
+    def emit_figure(
+        self,
+        trainer: Trainer,
+        render: Callable[[Any], Figure],
+        data: Any,
+        *,
+        tag: str,
+        stem: str,
+        step: int,
+        save_data: Any = None,
+    ) -> None:
+        """Render ``render(data)`` in the background and hand it to every sink (rank zero only).
+
+        Args:
+            render: pure function from plain data to a Figure.
+            data: its input (must not be mutated afterwards).
+            tag: logger tag, e.g. ``viz/weight_histogram/weights``.
+            stem: file stem under the output directory.
+            step: global step for loggers.
+            save_data: what to save beside the PNG (defaults to ``data``); ``False`` saves nothing.
+        """
+        if not self.emitting(trainer):
+            return
+        sinks = list(self._sinks)
+        owner = type(self).__name__
+        payload = data if save_data is None else save_data
+
+        def job() -> None:
+            if payload is not False:
+                fan_out([s for s in sinks if isinstance(s, FileSink)], "data", stem, payload, owner=owner)
+            fig = render(data)
+            try:
+                rgba = to_rgba(fig)
+            finally:
+                close_figure(fig)
+            fan_out(sinks, "figure", tag, rgba, png_bytes(rgba), step, stem, owner=owner)
+
+        self._submit(f"{stem}", job)
+
+    def emit_histogram(
+        self,
+        trainer: Trainer,
+        tag: str,
+        edges: np.ndarray,
+        counts: np.ndarray,
+        stats: Mapping[str, float],
+        step: int,
+    ) -> None:
+        """A native histogram to the loggers that take them (rank zero only, in the background)."""
+        if not self.emitting(trainer):
+            return
+        sinks, owner = list(self._sinks), type(self).__name__
+        self._submit(
+            f"histogram {tag} step {step}",
+            lambda: fan_out(sinks, "histogram", tag, edges, counts, stats, step, owner=owner),
+        )
+
+    def emit_scalars(self, trainer: Trainer, values: Mapping[str, float], step: int) -> None:
+        """Scalars to every logger, on the calling thread (loggers are not all thread-safe)."""
+        if not self.emitting(trainer) or not values:
+            return
+        fan_out(
+            self._sinks, "scalars", {k: float(v) for k, v in values.items()}, step, owner=type(self).__name__
+        )
+
+    def emit_text(self, trainer: Trainer, tag: str, text: str, step: int, stem: str) -> None:
+        """A text block to the files and the loggers that show text (rank zero only)."""
+        if not self.emitting(trainer):
+            return
+        sinks, owner = list(self._sinks), type(self).__name__
+        self._submit(f"{stem}", lambda: fan_out(sinks, "text", tag, text, step, stem, owner=owner))
+
+    def emit_data(self, trainer: Trainer, stem: str, payload: Any) -> None:
+        """Data only (no figure), saved beside the figures (rank zero only)."""
+        if not self.emitting(trainer):
+            return
+        sinks, owner = [s for s in self._sinks if isinstance(s, FileSink)], type(self).__name__
+        self._submit(f"{stem}", lambda: fan_out(sinks, "data", stem, payload, owner=owner))
+
+    # ------------------------------------------------------------------ flushing
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        writer.flush()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        writer.flush()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        writer.flush()

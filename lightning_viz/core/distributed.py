@@ -1,0 +1,214 @@
+"""Everything that touches ``torch.distributed`` or asks "which rank am I?" lives here.
+
+Rules this module enforces for the rest of the package:
+
+* every rank calls the same collectives in the same order: :func:`reduce_values` packs all values that
+  share a reduction into one buffer, so a whole logging step costs one collective per reduction kind;
+* a failure on one rank never leaves another rank waiting: callers pass ``failed=True`` and still take part
+  in the collective, and every rank learns that someone failed;
+* only emission is gated to rank zero (:func:`is_emitter`), never capture or reduction.
+
+Sharded parameters (``DTensor``, as made by FSDP2's ``fully_shard``) are reduced as the full parameter:
+:func:`local_view` returns the local shard and whether this rank must contribute its counts, so that
+replicated copies are counted once and shards are summed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+
+Reduction = Literal["sum", "max", "min", "mean", "rank0"]
+REDUCTIONS: tuple[str, ...] = ("sum", "max", "min", "mean", "rank0")
+
+try:  # torch >= 2.4 ships DTensor publicly; older builds may not.
+    from torch.distributed.tensor import DTensor, Replicate
+except ImportError:  # pragma: no cover - depends on the torch build
+    DTensor = None  # type: ignore[assignment,misc]
+    Replicate = None  # type: ignore[assignment,misc]
+
+
+def is_initialized() -> bool:
+    """Whether a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Number of processes in the default group (1 when not distributed)."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def global_rank() -> int:
+    """This process's rank in the default group (0 when not distributed)."""
+    if is_initialized():
+        return dist.get_rank()
+    # Before the process group exists (e.g. in __init__), fall back to the launcher's variables.
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def is_emitter(trainer: Any = None) -> bool:
+    """Whether this process writes files and talks to loggers (global rank zero)."""
+    if trainer is not None:
+        return bool(trainer.is_global_zero)
+    return global_rank() == 0
+
+
+def collective_device(reference: torch.Tensor | None = None) -> torch.device:
+    """The device collectives run on: CUDA for NCCL, else the reference tensor's device or CPU."""
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    if reference is not None and reference.device.type != "meta":
+        return reference.device
+    return torch.device("cpu")
+
+
+class CollectiveCounter:
+    """Counts collectives issued by this module (used by tests and benchmarks to prove the cost)."""
+
+    count: int = 0
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.count = 0
+
+
+def _all_reduce(buf: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    CollectiveCounter.count += 1
+    dist.all_reduce(buf, op=op)
+    return buf
+
+
+def reduce_values(
+    values: Mapping[str, torch.Tensor],
+    reductions: Mapping[str, Reduction],
+    *,
+    failed: bool = False,
+    device: torch.device | None = None,
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Reduce a record of tensors across ranks, with at most two collectives.
+
+    Values whose reduction is ``sum`` or ``mean`` travel in one SUM all-reduce (together with the failure
+    flag); ``max`` and ``min`` travel together in one MAX all-reduce (``min`` negated). ``rank0`` values are
+    left as they are: only rank zero emits, so its own value is the result. On a single process nothing is
+    communicated and the values come back unchanged.
+
+    Every rank must call this with the same keys and shapes, whatever happened locally. A rank whose
+    capture failed passes ``failed=True`` and placeholder values of the right shape.
+
+    Args:
+        values: name -> tensor (any shape) to reduce.
+        reductions: name -> one of ``sum``, ``max``, ``min``, ``mean``, ``rank0``.
+        failed: whether this rank's capture failed.
+        device: device to run the collectives on (defaults to :func:`collective_device`).
+
+    Returns:
+        The reduced values (float64 for reduced keys, on the collective device) and whether any rank
+        reported a failure.
+    """
+    for key in values:
+        if reductions.get(key) not in REDUCTIONS:
+            raise ValueError(f"reduction for {key!r} is {reductions.get(key)!r}; valid: {REDUCTIONS}")
+    ws = world_size()
+    if ws == 1:
+        return dict(values), failed
+
+    keys = sorted(values)
+    first = next((values[k] for k in keys), None)
+    dev = device or collective_device(first)
+    out: dict[str, torch.Tensor] = {k: values[k] for k in keys if reductions[k] == "rank0"}
+
+    sum_keys = [k for k in keys if reductions[k] in ("sum", "mean")]
+    parts = [values[k].detach().reshape(-1).to(dev, torch.float64) for k in sum_keys]
+    parts.append(torch.tensor([1.0 if failed else 0.0], dtype=torch.float64, device=dev))
+    summed = _all_reduce(torch.cat(parts), dist.ReduceOp.SUM)
+    any_failed = bool(summed[-1].item() > 0)
+    offset = 0
+    for k in sum_keys:
+        n = values[k].numel()
+        chunk = summed[offset : offset + n].reshape(values[k].shape)
+        out[k] = chunk / ws if reductions[k] == "mean" else chunk
+        offset += n
+
+    mm_keys = [k for k in keys if reductions[k] in ("max", "min")]
+    if mm_keys:
+        parts = []
+        for k in mm_keys:
+            v = values[k].detach().reshape(-1).to(dev, torch.float64)
+            parts.append(-v if reductions[k] == "min" else v)
+        maxed = _all_reduce(torch.cat(parts), dist.ReduceOp.MAX)
+        offset = 0
+        for k in mm_keys:
+            n = values[k].numel()
+            chunk = maxed[offset : offset + n].reshape(values[k].shape)
+            out[k] = -chunk if reductions[k] == "min" else chunk
+            offset += n
+    return out, any_failed
+
+
+def agree_any(flag: bool, device: torch.device | None = None) -> bool:
+    """True on every rank when ``flag`` is true on at least one rank (one collective when distributed)."""
+    if world_size() == 1:
+        return flag
+    buf = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=device or collective_device())
+    return bool(_all_reduce(buf, dist.ReduceOp.MAX).item() > 0)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a picklable object from ``src`` to every rank (identity on one process)."""
+    if world_size() == 1:
+        return obj
+    CollectiveCounter.count += 1
+    box = [obj if global_rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's object, in rank order, on every rank (``[obj]`` on one process)."""
+    if world_size() == 1:
+        return [obj]
+    CollectiveCounter.count += 1
+    box: list[Any] = [None] * world_size()
+    dist.all_gather_object(box, obj)
+    return box
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a distributed tensor (e.g. an FSDP2 parameter or gradient)."""
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local_view(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The part of ``t`` stored on this rank, and whether this rank contributes it to global sums.
+
+    Plain tensors are replicas under DDP (identical on every rank after the gradient all-reduce), so only
+    rank zero contributes their counts; maxima and minima are unaffected by duplicates. A ``DTensor``
+    contributes its local shard when its coordinate is zero along every replicated mesh dimension, so that
+    shards are summed once and replicas (as in HSDP) are not counted twice.
+    """
+    if is_sharded(t):
+        local = t.to_local()
+        coord = t.device_mesh.get_coordinate()
+        if coord is None:  # this rank holds no part of the tensor
+            return local.new_empty(0), False
+        contributes = all(c == 0 for c, p in zip(coord, t.placements) if not p.is_shard())
+        return local, contributes
+    return t, global_rank() == 0 or world_size() == 1
+
+
+def full_numel(t: torch.Tensor) -> int:
+    """Number of elements of the full (unsharded) tensor."""
+    return int(t.numel())  # DTensor.numel() reports the global size
+
+
+def payload_size(obj: Any) -> int:
+    """Bytes an object costs to broadcast (used to keep object collectives small)."""
+    return len(pickle.dumps(obj))

@@ -1,0 +1,102 @@
+"""Forward-hook capture that always cleans up after itself.
+
+Hooks exist only inside :func:`capture_outputs`; on exit (normal or exceptional) every handle is removed
+and every module's train/eval flag is put back exactly as it was (per module, so a frozen BatchNorm kept in
+eval mode inside a training model stays in eval mode).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from difflib import get_close_matches
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def match_modules(
+    model: nn.Module,
+    patterns: Sequence[str],
+    *,
+    argument: str,
+    predicate: Callable[[str, nn.Module], bool] | None = None,
+) -> dict[str, nn.Module]:
+    """Modules whose qualified names match any glob pattern, in model order.
+
+    Every pattern must match at least one module (after ``predicate``); otherwise a ``ValueError`` names
+    the argument, the pattern and the closest module names.
+
+    Args:
+        model: the model to search.
+        patterns: glob patterns over qualified module names (``"features.*"``, ``"*conv*"``).
+        argument: the name of the user-facing argument, for error messages.
+        predicate: optional filter (name, module) -> keep.
+    """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    if predicate is not None:
+        named = [(n, m) for n, m in named if predicate(n, m)]
+    names = [n for n, _ in named]
+    out: dict[str, nn.Module] = {}
+    for pattern in patterns:
+        hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            closest = get_close_matches(pattern, names, n=5, cutoff=0.3) or names[:8]
+            raise ValueError(
+                f"`{argument}` pattern {pattern!r} matched no module; closest: {closest}"
+                + (" (no module qualifies)" if not names else "")
+            )
+        for n, m in hits:
+            out.setdefault(n, m)
+    order = {n: i for i, n in enumerate(names)}
+    return dict(sorted(out.items(), key=lambda kv: order[kv[0]]))
+
+
+def hook_count(model: nn.Module) -> int:
+    """Number of forward (pre-)hooks registered on the model's modules (used to prove cleanup)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@contextmanager
+def capture_outputs(
+    model: nn.Module,
+    modules: Mapping[str, nn.Module],
+    on_output: Callable[[str, nn.Module, Any], None],
+    *,
+    eval_mode: bool = True,
+) -> Iterator[list[str]]:
+    """Register forward hooks on ``modules`` for the duration of the block.
+
+    Args:
+        model: the model whose train/eval flags are saved and restored.
+        modules: name -> module to hook.
+        on_output: called as ``on_output(name, module, output)`` after each hooked module's forward.
+        eval_mode: put the model in eval mode for the block (no dropout, BatchNorm uses running stats).
+
+    Yields:
+        The list of hooked module names in the order they executed (useful when the forward raises).
+    """
+    executed: list[str] = []
+    modes = {m: m.training for m in model.modules()}
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+            executed.append(name)
+            on_output(name, module, output)
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        if eval_mode:
+            model.eval()
+        yield executed
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in modes.items():
+            m.training = flag

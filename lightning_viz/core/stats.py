@@ -1,0 +1,268 @@
+"""Tensor statistics and exact histograms, computed on the tensor's own device.
+
+The histogram engine is built for the logging step of a training loop:
+
+* one pass for min/max (``aminmax``), one fused ``_foreach_norm`` for all tensors, one pass for the sum and
+  one pass for the counts, processed in cache-sized chunks so no tensor-sized temporaries are allocated;
+* bin widths are powers of two and edges are multiples of the width, so ``floor(x / width)`` is exact in
+  floating point: counts equal ``numpy.histogram`` on the same edges, bit for bit, and edges stay put from
+  one step to the next (the evolution figures line up);
+* non-finite values are counted, never silently dropped; the histogram covers the finite values;
+* across ranks (DDP, FSDP2 shards) the global min/max take one MAX all-reduce and counts, sums and
+  non-finite tallies one SUM all-reduce, through :mod:`lightning_viz.core.distributed`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lightning_viz.core import distributed
+
+CPU_CHUNK = 1 << 18  # elements per chunk on the CPU: fits in L2/L3, keeps temporaries hot
+MAX_EXACT_CHUNK = 1 << 24  # float32 counts are exact below this
+
+
+@dataclass
+class HistogramSet:
+    """Histograms and statistics of a list of tensors, as plain host data.
+
+    Attributes:
+        names: one name per tensor.
+        edges: ``[P, bins + 1]`` float64 bin edges (the last bin is closed, as in numpy).
+        counts: ``[P, bins]`` int64 counts of the finite values.
+        numel: ``[P]`` elements of each full tensor.
+        nonfinite: ``[P]`` NaN and infinite values of each tensor.
+        minimum: ``[P]`` smallest finite value (NaN when there is none).
+        maximum: ``[P]`` largest finite value (NaN when there is none).
+        sum: ``[P]`` sum of the finite values.
+        sum_squares: ``[P]`` sum of squares of the finite values.
+    """
+
+    names: list[str]
+    edges: np.ndarray
+    counts: np.ndarray
+    numel: np.ndarray
+    nonfinite: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    sum: np.ndarray
+    sum_squares: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def finite(self) -> np.ndarray:
+        return self.numel - self.nonfinite
+
+    @property
+    def mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.finite > 0, self.sum / np.maximum(self.finite, 1), np.nan)
+
+    @property
+    def std(self) -> np.ndarray:
+        n = np.maximum(self.finite, 1)
+        var = np.maximum(self.sum_squares / n - self.mean**2, 0.0)
+        return np.where(self.finite > 0, np.sqrt(var), np.nan)
+
+    @property
+    def norm(self) -> np.ndarray:
+        return np.sqrt(self.sum_squares)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+
+def bin_plan(lo: float, hi: float, bins: int) -> tuple[float, int]:
+    """Choose a power-of-two bin width ``w`` and offset ``k`` so that ``[k*w, (k+bins)*w]`` covers [lo, hi].
+
+    Returns:
+        ``(w, k)``: bin ``i`` is ``[(k+i)*w, (k+i+1)*w)``, the last one closed.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        lo = hi = 0.0
+    span = hi - lo
+    if span <= 0:  # constant tensor: a unit-wide range around it, like numpy's (v - 0.5, v + 0.5)
+        span = max(1.0, abs(lo) * 2.0**-20)
+    e = max(-126, min(127, math.ceil(math.log2(span / bins))))
+    while True:
+        w = 2.0**e
+        k = math.floor(lo / w)
+        if math.floor(hi / w) - k < bins or e >= 127:
+            return w, k
+        e += 1
+
+
+def edges_for(w: float, k: int, bins: int) -> np.ndarray:
+    """Bin edges of a :func:`bin_plan` (exact in float64)."""
+    return (np.arange(bins + 1, dtype=np.float64) + k) * w
+
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype in (torch.float32, torch.float64):
+        return t
+    return t.to(torch.float32)
+
+
+def count_into(x: torch.Tensor, w: float, k: int, bins: int, out: torch.Tensor) -> None:
+    """Add the bin counts of the finite values of ``x`` to ``out`` (``[bins]`` float64 on x's device).
+
+    ``floor(x * 2**-e)`` is exact in binary floating point, so the bin of every value is the one that
+    comparisons with the edges would give. Works in chunks to avoid tensor-sized temporaries.
+    """
+    flat = x.detach().reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        return
+    inv = 1.0 / w
+    on_cpu = flat.device.type == "cpu"
+    chunk = CPU_CHUNK if on_cpu else MAX_EXACT_CHUNK
+    dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
+    buf = torch.empty(min(chunk, n), dtype=dtype, device=flat.device)
+    ibuf = torch.empty(min(chunk, n), dtype=torch.int64, device=flat.device) if on_cpu else None
+    for start in range(0, n, chunk):
+        piece = flat[start : start + chunk]
+        b = buf[: piece.numel()]
+        torch.mul(piece, inv, out=b)
+        b.floor_().sub_(k).clamp_(0, bins - 1)
+        if on_cpu:
+            assert ibuf is not None
+            i = ibuf[: piece.numel()]
+            i.copy_(b)
+            out += torch.bincount(i, minlength=bins)
+        else:  # histc of integer-valued floats is exact and, unlike bincount, never syncs with the host
+            out += torch.histc(b, bins=bins, min=0, max=bins).to(torch.float64)
+
+
+def histogram_set(
+    tensors: Sequence[torch.Tensor | None],
+    names: Sequence[str],
+    bins: int,
+) -> tuple[HistogramSet, bool]:
+    """Exact histograms and statistics of many tensors, reduced over every rank.
+
+    Every rank must call this with the same names in the same order (each rank passes its own tensors:
+    replicas under DDP, local shards under FSDP2). A tensor may be ``None`` (a parameter with no
+    gradient this step); it then shows as empty. Costs two collectives when distributed, none otherwise.
+
+    Args:
+        tensors: the tensors (plain or ``DTensor``), or ``None``.
+        names: a name for each tensor.
+        bins: number of bins per histogram (>= 2).
+
+    Returns:
+        The histograms as host data, and whether the computation failed on some rank (then the
+        result is empty and should be skipped).
+    """
+    names = list(names)
+    p = len(names)
+    locals_: list[torch.Tensor | None] = []
+    contrib: list[bool] = []
+    numel = np.zeros(p)
+    for t in tensors:
+        if t is None:
+            locals_.append(None)
+            contrib.append(False)
+            continue
+        local, c = distributed.local_view(t)
+        locals_.append(_as_float(local.detach()).reshape(-1))
+        contrib.append(c)
+
+    ref = next((t for t in locals_ if t is not None), None)
+    dev = distributed.collective_device(ref)
+    failed = False
+    mins = torch.full((p,), math.inf, dtype=torch.float64)
+    maxs = torch.full((p,), -math.inf, dtype=torch.float64)
+    nonfinite = torch.zeros(p, dtype=torch.float64)
+    finite_parts: dict[int, torch.Tensor] = {}
+    try:
+        present = [i for i, t in enumerate(locals_) if t is not None and t.numel() > 0]
+        if present:
+            mm = torch.stack([torch.stack(torch.aminmax(locals_[i])) for i in present]).to(torch.float64)
+            mm = mm.cpu()  # one small host copy: which tensors hold non-finite values
+            for row, i in enumerate(present):
+                lo, hi = float(mm[row, 0]), float(mm[row, 1])
+                if math.isfinite(lo) and math.isfinite(hi):
+                    mins[i], maxs[i] = lo, hi
+                    continue
+                x = locals_[i]
+                assert x is not None
+                keep = x[torch.isfinite(x)]
+                finite_parts[i] = keep
+                nonfinite[i] = x.numel() - keep.numel()
+                if keep.numel():
+                    a, b = torch.aminmax(keep)
+                    mins[i], maxs[i] = float(a), float(b)
+        for i, t in enumerate(tensors):
+            if t is not None and contrib[i]:
+                numel[i] = distributed.full_numel(t) if distributed.is_sharded(t) else t.numel()
+    except Exception:
+        failed = True
+        mins.fill_(math.inf)
+        maxs.fill_(-math.inf)
+    red, any_failed = distributed.reduce_values(
+        {"min": mins, "max": maxs}, {"min": "min", "max": "max"}, failed=failed, device=dev
+    )
+    lo_all = red["min"].cpu().numpy()
+    hi_all = red["max"].cpu().numpy()
+
+    edges = np.zeros((p, bins + 1))
+    counts = torch.zeros((p, bins), dtype=torch.float64, device=dev)
+    sums = torch.zeros(p, dtype=torch.float64, device=dev)
+    sumsq = torch.zeros(p, dtype=torch.float64, device=dev)
+    try:
+        if any_failed:
+            raise RuntimeError("skipped: failed on some rank")
+        plans = [bin_plan(float(lo_all[i]), float(hi_all[i]), bins) for i in range(p)]
+        for i in range(p):
+            edges[i] = edges_for(plans[i][0], plans[i][1], bins)
+        work = [
+            (i, finite_parts.get(i, locals_[i])) for i in range(p) if contrib[i] and locals_[i] is not None
+        ]
+        work = [(i, x) for i, x in work if x is not None and x.numel() > 0]
+        if work:
+            xs = [x for _, x in work]
+            norms = torch._foreach_norm(xs)
+            sq = torch.stack([nn.to(torch.float64) for nn in norms]) ** 2
+            sm = torch.stack(
+                [x.sum(dtype=torch.float64) if x.dtype == torch.float64 else x.sum() for x in xs]
+            )
+            idx = torch.tensor([i for i, _ in work], device=sq.device)
+            sumsq = sumsq.to(sq.device).index_copy(0, idx, sq)
+            sums = sums.to(sq.device).index_copy(0, idx, sm.to(torch.float64))
+            for i, x in work:
+                row = torch.zeros(bins, dtype=torch.float64, device=x.device)
+                count_into(x, plans[i][0], plans[i][1], bins, row)
+                counts[i] = row.to(dev)
+    except Exception:
+        failed = True
+    red2, any_failed2 = distributed.reduce_values(
+        {
+            "counts": counts,
+            "sum": sums.to(dev),
+            "sumsq": sumsq.to(dev),
+            "nonfinite": nonfinite.to(dev),
+            "numel": torch.as_tensor(numel, dtype=torch.float64, device=dev),
+        },
+        {"counts": "sum", "sum": "sum", "sumsq": "sum", "nonfinite": "sum", "numel": "sum"},
+        failed=failed,
+        device=dev,
+    )
+    host = {k: v.detach().cpu().numpy() for k, v in red2.items()}  # the one host copy of the counts
+    finite_range = np.isfinite(lo_all) & np.isfinite(hi_all) & (lo_all <= hi_all)
+    result = HistogramSet(
+        names=names,
+        edges=edges,
+        counts=np.rint(host["counts"]).astype(np.int64),
+        numel=np.rint(host["numel"]).astype(np.int64),
+        nonfinite=np.rint(host["nonfinite"]).astype(np.int64),
+        minimum=np.where(finite_range, lo_all, np.nan),
+        maximum=np.where(finite_range, hi_all, np.nan),
+        sum=host["sum"],
+        sum_squares=host["sumsq"],
+    )
+    return result, bool(any_failed or any_failed2)

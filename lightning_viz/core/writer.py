@@ -1,0 +1,163 @@
+"""Background rendering and atomic file writes.
+
+Rendering (matplotlib, PNG encoding) and file I/O stay off the training step: callbacks submit jobs to one
+worker thread per process through a bounded queue. One thread, so matplotlib is only ever used from one
+place at a time. The queue is flushed at fit end, when training raises, and at interpreter exit, so no
+picture is lost.
+
+When the queue is full, the submitting callback's policy applies: ``"wait"`` blocks the training step until
+there is room (nothing is lost), ``"drop_oldest"`` discards the oldest pending job and warns once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lightning_viz.core.warn import warn_once
+
+WhenFull = Literal["wait", "drop_oldest"]
+QUEUE_SIZE = 32
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it into place.
+
+    A process killed at any moment leaves either the old file, the new file, or a stray ``.tmp`` file,
+    never a truncated ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Serialise ``obj`` (numpy arrays become lists, NaN stays NaN) and write it atomically."""
+    return atomic_write_bytes(path, json.dumps(obj, default=_json_default, indent=1).encode())
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Save arrays as an uncompressed ``.npz`` atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+class BackgroundWriter:
+    """One daemon thread that runs submitted jobs in order."""
+
+    def __init__(self, maxsize: int = QUEUE_SIZE) -> None:
+        self._queue: queue.Queue[tuple[Callable[[], None], str] | None] = queue.Queue(maxsize=maxsize)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self.completed = 0
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lightning-viz-writer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                job, label = item
+                try:
+                    job()
+                except Exception as err:  # a failed picture never reaches the training loop
+                    warn_once(
+                        ("writer", label, type(err).__name__), f"lightning-viz: {label} failed: {err!r}"
+                    )
+                self.completed += 1
+            finally:
+                self._queue.task_done()
+
+    def submit(self, job: Callable[[], None], label: str, when_full: WhenFull = "wait") -> None:
+        """Queue ``job``; ``label`` names it in warnings (e.g. ``"WeightHistogramCallback step 40"``)."""
+        self._ensure_thread()
+        if when_full == "wait":
+            self._queue.put((job, label))
+            return
+        while True:
+            try:
+                self._queue.put_nowait((job, label))
+                return
+            except queue.Full:
+                try:
+                    old = self._queue.get_nowait()
+                    self._queue.task_done()
+                except queue.Empty:
+                    continue
+                if old is not None:
+                    self.dropped += 1
+                    warn_once(
+                        ("writer-drop",),
+                        "lightning-viz: the rendering queue is full and `when_full='drop_oldest'`; dropped "
+                        f"{old[1]}. Use `when_full='wait'` to keep every picture.",
+                    )
+
+    def flush(self) -> None:
+        """Block until every queued job has run."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.join()
+
+    def pending(self) -> int:
+        return self._queue.unfinished_tasks
+
+
+_writer: BackgroundWriter | None = None
+_writer_lock = threading.Lock()
+
+
+def get_writer() -> BackgroundWriter:
+    """The process-wide writer (created on first use, flushed at interpreter exit)."""
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            _writer = BackgroundWriter()
+            atexit.register(_writer.flush)
+        return _writer
+
+
+def flush() -> None:
+    """Wait for all pending renders and writes of this process."""
+    if _writer is not None:
+        _writer.flush()

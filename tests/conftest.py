@@ -1,0 +1,40 @@
+"""Shared test setup: Agg backend, no figure left open, warnings reset, quiet Lightning."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pytest
+
+from lightning_viz.core import writer
+from lightning_viz.core.warn import reset_warnings
+from lightning_viz.render import open_figure_count
+
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+@pytest.fixture(autouse=True)
+def _no_open_figures():
+    """Every test must close every figure it (or lightning-viz) opened."""
+    reset_warnings()
+    before_pyplot = set(plt.get_fignums())
+    before = open_figure_count()
+    yield
+    writer.flush()
+    leaked_pyplot = set(plt.get_fignums()) - before_pyplot
+    leaked = open_figure_count() - before
+    plt.close("all")
+    assert not leaked_pyplot, f"test left pyplot figures open: {sorted(leaked_pyplot)}"
+    assert leaked <= 0, f"test left {leaked} lightning-viz figure(s) open"
