@@ -95,8 +95,8 @@ def reduce_values(
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """Reduce a record of tensors across ranks, with at most two collectives.
 
-    Values whose reduction is ``sum`` or ``mean`` travel in one SUM all-reduce (together with the failure
-    flag); ``max`` and ``min`` travel together in one MAX all-reduce (``min`` negated). ``rank0`` values are
+    Values whose reduction is ``sum`` or ``mean`` travel in one SUM all-reduce; ``max`` and ``min`` travel
+    together in one MAX all-reduce (``min`` negated); the failure flag rides in one of them. ``rank0`` values are
     left as they are: only rank zero emits, so its own value is the result. On a single process nothing is
     communicated and the values come back unchanged.
 
@@ -124,31 +124,40 @@ def reduce_values(
     first = next((values[k] for k in keys), None)
     dev = device or collective_device(first)
     out: dict[str, torch.Tensor] = {k: values[k] for k in keys if reductions[k] == "rank0"}
-
+    flag = torch.tensor([1.0 if failed else 0.0], dtype=torch.float64, device=dev)
     sum_keys = [k for k in keys if reductions[k] in ("sum", "mean")]
-    parts = [values[k].detach().reshape(-1).to(dev, torch.float64) for k in sum_keys]
-    parts.append(torch.tensor([1.0 if failed else 0.0], dtype=torch.float64, device=dev))
-    summed = _all_reduce(torch.cat(parts), dist.ReduceOp.SUM)
-    any_failed = bool(summed[-1].item() > 0)
-    offset = 0
-    for k in sum_keys:
-        n = values[k].numel()
-        chunk = summed[offset : offset + n].reshape(values[k].shape)
-        out[k] = chunk / ws if reductions[k] == "mean" else chunk
-        offset += n
-
     mm_keys = [k for k in keys if reductions[k] in ("max", "min")]
+    any_failed = failed
+
+    # The failure flag rides along with the MAX buffer when there is one (max of flags = "any rank failed"),
+    # else with the SUM buffer; so a call costs one collective per reduction kind present, at least one.
     if mm_keys:
         parts = []
         for k in mm_keys:
             v = values[k].detach().reshape(-1).to(dev, torch.float64)
             parts.append(-v if reductions[k] == "min" else v)
+        parts.append(flag)
         maxed = _all_reduce(torch.cat(parts), dist.ReduceOp.MAX)
+        any_failed = bool(maxed[-1].item() > 0)
         offset = 0
         for k in mm_keys:
             n = values[k].numel()
             chunk = maxed[offset : offset + n].reshape(values[k].shape)
             out[k] = -chunk if reductions[k] == "min" else chunk
+            offset += n
+
+    if sum_keys or not mm_keys:
+        parts = [values[k].detach().reshape(-1).to(dev, torch.float64) for k in sum_keys]
+        if not mm_keys:
+            parts.append(flag)
+        summed = _all_reduce(torch.cat(parts), dist.ReduceOp.SUM)
+        if not mm_keys:
+            any_failed = bool(summed[-1].item() > 0)
+        offset = 0
+        for k in sum_keys:
+            n = values[k].numel()
+            chunk = summed[offset : offset + n].reshape(values[k].shape)
+            out[k] = chunk / ws if reductions[k] == "mean" else chunk
             offset += n
     return out, any_failed
 

@@ -197,9 +197,9 @@ def histogram_set(
                 if keep.numel():
                     a, b = torch.aminmax(keep)
                     mins[i], maxs[i] = float(a), float(b)
-        for i, t in enumerate(tensors):
-            if t is not None and contrib[i]:
-                numel[i] = distributed.full_numel(t) if distributed.is_sharded(t) else t.numel()
+        for i, x in enumerate(locals_):
+            if x is not None and contrib[i]:
+                numel[i] = x.numel()  # local shard sizes sum to the full size; replicas count once
     except Exception:
         failed = True
         mins.fill_(math.inf)

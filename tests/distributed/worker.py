@@ -1,0 +1,206 @@
+"""Entry point of the real multi-process jobs the distributed tests run.
+
+Run as ``python tests/distributed/worker.py SPEC.json``. Lightning's DDP launcher re-executes this script for
+the other ranks, so everything happens under ``if __name__ == "__main__"``. The spec says which strategy,
+which callbacks and what to record; rank zero (and, where asked, every rank) writes JSON results.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.helpers import RandomImages, TinyCNN  # noqa: E402
+
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_object",
+    "broadcast",
+    "broadcast_object_list",
+    "reduce",
+    "gather",
+    "scatter",
+    "barrier",
+    "all_to_all",
+    "reduce_scatter_tensor",
+    "all_gather_into_tensor",
+)
+
+
+class CountCollectives:
+    """Counts every torch.distributed collective, attributed to whichever callback hook is running."""
+
+    def __init__(self) -> None:
+        self.active: str | None = None
+        self.counts: dict[str, int] = {}
+        for name in COLLECTIVES:
+            if hasattr(dist, name):
+                setattr(dist, name, self._wrap(getattr(dist, name), name))
+
+    def _wrap(self, fn, name):
+        def wrapper(*args, **kwargs):
+            if self.active is not None:
+                self.counts[self.active] = self.counts.get(self.active, 0) + 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def instrument(callback: Callback, counter: CountCollectives, steps: list[int], trainer_ref: list) -> None:
+    """Attribute collectives issued inside the callback's hooks to ``<hook>@<global_step>``."""
+    for hook in (
+        "on_before_optimizer_step",
+        "on_train_batch_end",
+        "on_train_batch_start",
+        "on_train_epoch_end",
+        "on_validation_end",
+        "on_fit_start",
+        "on_train_start",
+        "on_fit_end",
+        "on_validation_epoch_end",
+        "on_train_end",
+    ):
+        original = getattr(callback, hook)
+
+        def wrapped(*args, _orig=original, _hook=hook, **kwargs):
+            trainer = args[0]
+            counter.active = f"{type(callback).__name__}.{_hook}@{trainer.global_step}"
+            try:
+                return _orig(*args, **kwargs)
+            finally:
+                counter.active = None
+
+        setattr(callback, hook, wrapped)
+
+
+class ShardedCNN(TinyCNN):
+    """TinyCNN with FSDP2 ``fully_shard`` applied per layer and at the root."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        for m in (self.conv1, self.conv2, self.fc):
+            fully_shard(m)
+        fully_shard(self)
+
+
+class ParamProbe(Callback):
+    """Records full parameter and gradient values (gathered from shards on every rank) at given steps."""
+
+    def __init__(self, steps: list[int], out: Path) -> None:
+        self.steps = set(steps)
+        self.out = out
+        self.seen: set[int] = set()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        step = trainer.global_step
+        if step not in self.steps or step in self.seen:
+            return
+        self.seen.add(step)
+        arrays = {}
+        for name, p in pl_module.named_parameters():
+            w = p.full_tensor() if hasattr(p, "full_tensor") else p  # collective on every rank
+            arrays[f"weights/{name}"] = w.detach().cpu().numpy().copy()
+            if p.grad is not None:
+                g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+                arrays[f"gradients/{name}"] = g.detach().cpu().numpy().copy()
+        rank = trainer.global_rank
+        np.savez(self.out / f"params_rank{rank}_step{step:06d}.npz", **arrays)
+
+
+class SlowRank(Callback):
+    """Sleeps on one rank at logging steps, before the visualisation callbacks run."""
+
+    def __init__(self, rank: int, steps: list[int], seconds: float) -> None:
+        self.rank, self.steps, self.seconds = rank, set(steps), seconds
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step in self.steps:
+            time.sleep(self.seconds)
+
+
+def build_callbacks(spec: dict) -> list[Callback]:
+    import lightning_viz as lv
+
+    every = spec.get("every_n_steps", 2)
+    table = {
+        "summary": lambda: lv.ModelSummaryCallback(),
+        "weights": lambda: lv.WeightHistogramCallback(every_n_steps=every, bins=16),
+        "activations": lambda: lv.ActivationMapCallback(every_n_epochs=1, sample_size=4),
+        "curves": lambda: lv.CurvePlotCallback(),
+    }
+    names = spec.get("callbacks", list(table))
+    return [table[n]() for n in names]
+
+
+def main() -> None:
+    faulthandler.dump_traceback_later(float(os.environ.get("VIZ_WORKER_TIMEOUT", "240")), exit=True)
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(spec.get("seed", 0), workers=True)
+    counter = CountCollectives()
+
+    strategy = spec.get("strategy", "ddp")
+    if strategy == "fsdp2":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy_obj = ModelParallelStrategy()
+        model = ShardedCNN()
+    else:
+        strategy_obj = strategy
+        model = TinyCNN()
+    callbacks = build_callbacks(spec)
+    steps = spec.get("probe_steps", [])
+    extra: list[Callback] = []
+    if spec.get("slow_rank") is not None:
+        extra.append(
+            SlowRank(spec["slow_rank"], spec.get("slow_steps", [0, 2]), spec.get("slow_seconds", 3.0))
+        )
+    if steps:
+        extra.append(ParamProbe(steps, out))
+    for cb in callbacks:
+        instrument(cb, counter, steps, [])
+
+    trainer = Trainer(
+        default_root_dir=str(out),
+        accelerator="cpu",
+        devices=spec.get("devices", 2),
+        num_nodes=spec.get("num_nodes", 1),
+        strategy=strategy_obj,
+        max_epochs=spec.get("max_epochs", 2),
+        callbacks=extra + callbacks,
+        logger=TensorBoardLogger(str(out), name="tb", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        use_distributed_sampler=True,
+    )
+    data = RandomImages(n=spec.get("n", 64), batch_size=spec.get("batch_size", 8))
+    trainer.fit(model, datamodule=data)
+    result = {
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "global_step": trainer.global_step,
+        "collectives": counter.counts,
+        "log_dir": trainer.log_dir,
+    }
+    (out / f"result_rank{trainer.global_rank}.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
