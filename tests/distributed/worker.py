@@ -15,14 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.helpers import RandomImages, TinyCNN  # noqa: E402
+from tests.helpers import RandomImages, TinyCNN
 
 COLLECTIVES = (
     "all_reduce",
