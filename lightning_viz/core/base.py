@@ -48,6 +48,9 @@ def step_stem(prefix: str, step: int) -> str:
 class VizCallback(Callback):
     """Base class of the lightning-viz callbacks (not used directly).
 
+    Subclasses must not store anything in ``self.log`` or ``self.log_dict``: Lightning assigns those
+    attributes on every callback at fit start.
+
     Args:
         output_dir: where files go; default ``<trainer.log_dir>/viz/<callback name>``.
         when_full: what to do when the background rendering queue is full: ``"wait"`` (block the
@@ -143,23 +146,22 @@ class VizCallback(Callback):
 
         self._submit(f"{stem}", job)
 
-    def emit_histogram(
+    def emit_histograms(
         self,
         trainer: Trainer,
-        tag: str,
-        edges: np.ndarray,
-        counts: np.ndarray,
-        stats: Mapping[str, float],
+        items: list[tuple[str, np.ndarray, np.ndarray, Mapping[str, float]]],
         step: int,
     ) -> None:
-        """A native histogram to the loggers that take them (rank zero only, in the background)."""
-        if not self.emitting(trainer):
+        """Many native histograms ``(tag, edges, counts, stats)`` of one step, as one background job."""
+        if not self.emitting(trainer) or not items:
             return
         sinks, owner = list(self._sinks), type(self).__name__
-        self._submit(
-            f"histogram {tag} step {step}",
-            lambda: fan_out(sinks, "histogram", tag, edges, counts, stats, step, owner=owner),
-        )
+
+        def job() -> None:
+            for tag, edges, counts, stats in items:
+                fan_out(sinks, "histogram", tag, edges, counts, stats, step, owner=owner)
+
+        self._submit(f"histograms step {step}", job)
 
     def emit_scalars(self, trainer: Trainer, values: Mapping[str, float], step: int) -> None:
         """Scalars to every logger, on the calling thread (loggers are not all thread-safe)."""

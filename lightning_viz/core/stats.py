@@ -92,6 +92,8 @@ def bin_plan(lo: float, hi: float, bins: int) -> tuple[float, int]:
     while True:
         w = 2.0**e
         k = math.floor(lo / w)
+        if lo < k * w or (lo < 0 and k == 0):  # lo / w underflowed to -0.0 (tiny negative lo, wide range)
+            k -= 1
         if math.floor(hi / w) - k < bins or e >= 127:
             return w, k
         e += 1
@@ -122,13 +124,19 @@ def count_into(x: torch.Tensor, w: float, k: int, bins: int, out: torch.Tensor) 
     on_cpu = flat.device.type == "cpu"
     chunk = CPU_CHUNK if on_cpu else MAX_EXACT_CHUNK
     dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
+    # With w > 2, a negative value of tiny magnitude can make x * (1 / w) underflow to -0.0, whose floor is 0,
+    # not -1: then (and only then) correct those values explicitly.
+    fix_underflow = w > 2.0 and k < 0
     buf = torch.empty(min(chunk, n), dtype=dtype, device=flat.device)
     ibuf = torch.empty(min(chunk, n), dtype=torch.int64, device=flat.device) if on_cpu else None
     for start in range(0, n, chunk):
         piece = flat[start : start + chunk]
         b = buf[: piece.numel()]
         torch.mul(piece, inv, out=b)
-        b.floor_().sub_(k).clamp_(0, bins - 1)
+        b.floor_()
+        if fix_underflow:
+            b.sub_(((b == 0) & (piece < 0)).to(b.dtype))
+        b.sub_(k).clamp_(0, bins - 1)
         if on_cpu:
             assert ibuf is not None
             i = ibuf[: piece.numel()]
@@ -228,6 +236,9 @@ def histogram_set(
             xs = [x for _, x in work]
             norms = torch._foreach_norm(xs)
             sq = torch.stack([nn.to(torch.float64) for nn in norms]) ** 2
+            for j, (i, x) in enumerate(work):  # float32 squares overflow past |x| ~ 1.8e19: redo in float64
+                if max(abs(lo_all[i]), abs(hi_all[i])) > 1e18:
+                    sq[j] = torch.linalg.vector_norm(x.to(torch.float64)).to(sq.device) ** 2
             sm = torch.stack(
                 [x.sum(dtype=torch.float64) if x.dtype == torch.float64 else x.sum() for x in xs]
             )

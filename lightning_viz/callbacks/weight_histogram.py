@@ -1,0 +1,377 @@
+"""WeightHistogramCallback: histograms of parameters and gradients, and how they moved over training."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+
+from lightning_viz.core import stats
+from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
+from lightning_viz.core.hooks import match_modules
+from lightning_viz.core.warn import warn_once
+from lightning_viz.render.histograms import render_evolution
+
+LogWhat = Literal["weights", "gradients", "both"]
+SELECTIONS = {"weights": ("weights",), "gradients": ("gradients",), "both": ("weights", "gradients")}
+STATE_VERSION = 1
+_LISTS = ("steps", "index", "k", "w", "counts", "nonfinite")
+
+
+def _owns_parameters(_name: str, module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
+
+
+def _new_series() -> dict[str, Any]:
+    return {**{key: [] for key in _LISTS}, "seen": 0, "stride": 1}
+
+
+def _append(series: dict[str, Any], snap: Mapping[str, Any], max_history: int) -> None:
+    """Add a snapshot and thin evenly: keep snapshots whose capture index is a multiple of a stride that
+    doubles whenever more than ``max_history`` are kept, plus always the first and the latest."""
+    while series["steps"] and series["steps"][-1] >= snap["steps"]:  # a resumed run went back in time
+        for key in _LISTS:
+            series[key].pop()
+    index = series["index"]
+    if index and index[-1] % series["stride"]:  # the previous "latest" was off the grid
+        for key in _LISTS:
+            series[key].pop()
+    for key in _LISTS:
+        series[key].append(series["seen"] if key == "index" else snap[key])
+    series["seen"] += 1
+    _thin(series, max_history)
+
+
+def _thin(series: dict[str, Any], max_history: int) -> None:
+    while len(series["index"]) > max_history:
+        series["stride"] *= 2
+        last = len(series["index"]) - 1
+        keep = [j for j, c in enumerate(series["index"]) if c % series["stride"] == 0 or j == last]
+        for key in _LISTS:
+            series[key] = [series[key][j] for j in keep]
+
+
+class WeightHistogramCallback(VizCallback):
+    """Histograms of parameters and gradients every N optimizer steps, and their evolution over training.
+
+    Sends native histograms to TensorBoard (tags ``weights/<param>`` and ``gradients/<param>``), a norm per
+    parameter as a scalar (``weight_norm/<param>``, ``grad_norm/<param>``), the count of NaN/Inf values when
+    there are any (``nonfinite/<weights|gradients>/<param>``), and one figure per selection showing each
+    parameter's distribution over the steps (``weights_evolution_stepNNNNNN.png`` with an ``.npz`` beside it
+    holding ``parameters`` and, per parameter, ``<param>/steps``, ``<param>/edges``, ``<param>/counts`` and
+    ``<param>/nonfinite``). The history behind the figures is part of the checkpoint. Weights are captured as they stand before the optimizer step of the logged step,
+    gradients as the optimizer is about to use them (after unscaling, before clipping). Counts are exact
+    and cover the finite values; nothing is computed on steps that do not log.
+
+    Args:
+        every_n_steps: capture when ``trainer.global_step`` is a multiple of this; ``null`` to disable.
+        every_n_epochs: also capture at the last optimizer step of every N-th training epoch (at the
+            epoch end, weights only, when the epoch length is unknown); ``null`` to disable.
+        bins: bins per histogram (>= 2). Bin widths are powers of two, so bins line up across steps.
+        layers: glob patterns over module names (``"features.*"``, ``"*conv*"``); the parameters those
+            modules own directly are logged. Default: every parameter of the model.
+        log: what to histogram: ``"weights"``, ``"gradients"`` or ``"both"``.
+        log_norms: also log the L2 norm of each parameter (and of its gradient) as a scalar.
+        max_history: snapshots kept per parameter for the evolution figures; beyond it the history is
+            thinned evenly, always keeping the first and the latest.
+        figure_every_n_epochs: redraw the evolution figures every N training epochs (and at the end).
+        output_dir: where files go; default ``<trainer.log_dir>/viz/weight_histogram``.
+        when_full: when the background rendering queue is full: ``"wait"`` or ``"drop_oldest"``.
+    """
+
+    viz_name = "weight_histogram"
+
+    def __init__(
+        self,
+        every_n_steps: int | None = 50,
+        every_n_epochs: int | None = None,
+        bins: int = 64,
+        layers: list[str] | None = None,
+        log: LogWhat = "both",
+        log_norms: bool = True,
+        max_history: int = 200,
+        figure_every_n_epochs: int = 1,
+        output_dir: str | None = None,
+        when_full: WhenFull = "wait",
+    ) -> None:
+        super().__init__(output_dir=output_dir, when_full=when_full)
+        check_int("every_n_steps", every_n_steps, 1, optional=True)
+        check_int("every_n_epochs", every_n_epochs, 1, optional=True)
+        if every_n_steps is None and every_n_epochs is None:
+            raise ValueError(
+                "at least one of `every_n_steps` and `every_n_epochs` must be set; got every_n_steps=None, "
+                "every_n_epochs=None"
+            )
+        check_int("bins", bins, 2)
+        check_choice("log", log, tuple(SELECTIONS))
+        check_int("max_history", max_history, 2)
+        check_int("figure_every_n_epochs", figure_every_n_epochs, 1)
+        if layers is not None and (
+            isinstance(layers, str) or not layers or not all(isinstance(p, str) for p in layers)
+        ):
+            raise ValueError(
+                "`layers` must be null (every parameter) or a non-empty list of glob patterns such as "
+                f'["conv*", "fc"]; got {layers!r}'
+            )
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
+        self.bins = bins
+        self.layers = list(layers) if layers is not None else None
+        # not `self.log`: Lightning overwrites `callback.log` with `LightningModule.log` at fit start
+        self.log_what = log
+        self.log_norms = log_norms
+        self.max_history = max_history
+        self.figure_every_n_epochs = figure_every_n_epochs
+        self._params: list[tuple[str, torch.Tensor]] | None = None
+        self._history: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in SELECTIONS[log]}
+        self._last_step = -1
+        self._version = 0  # bumps on every recorded capture; figures are redrawn only when it moved
+        self._drawn_version = 0
+        self._batch_idx = -1
+        self._captured_epoch = -1
+
+    @property
+    def state_key(self) -> str:
+        layers = tuple(self.layers) if self.layers else None
+        return self._generate_state_key(output_dir=self.output_dir, log=self.log_what, layers=layers)
+
+    # ------------------------------------------------------------------ selection
+    def _select(self, pl_module: LightningModule) -> list[tuple[str, torch.Tensor]]:
+        if self.layers is None:
+            return list(pl_module.named_parameters())
+        modules = match_modules(pl_module, self.layers, argument="layers", predicate=_owns_parameters)
+        seen: set[int] = set()
+        out = []
+        for mname, module in modules.items():
+            for pname, p in module.named_parameters(recurse=False):
+                if id(p) not in seen:  # a tied parameter is logged once, under its first owner
+                    seen.add(id(p))
+                    out.append((f"{mname}.{pname}", p))
+        return out
+
+    def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # A model that builds its layers in `configure_model` has none yet: on_fit_start validates then.
+        if self.layers is not None and next(pl_module.parameters(), None) is not None:
+            self._select(pl_module)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._params = self._select(pl_module)  # after configure_model and strategy set-up
+
+    # ------------------------------------------------------------------ schedule
+    def _epoch_due(self, trainer: Trainer) -> bool:
+        return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch_idx = batch_idx
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        step = trainer.global_step
+        if step == self._last_step:  # a second optimizer in the same step
+            return
+        by_step = self.every_n_steps is not None and step % self.every_n_steps == 0
+        # Epoch captures happen at the epoch's last optimizer step: by the epoch end Lightning has already
+        # set the gradients to None for validation.
+        last_batch = self._batch_idx + 1 >= trainer.num_training_batches  # inf when the length is unknown
+        by_epoch = last_batch and self._epoch_due(trainer)
+        if by_epoch:
+            self._captured_epoch = trainer.current_epoch
+        if by_step or by_epoch:
+            self._capture(trainer, pl_module, step)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Fallback when the epoch's last step was not recognised (unknown length, max_steps): weights only.
+        if (
+            self._epoch_due(trainer)
+            and self._captured_epoch != trainer.current_epoch
+            and trainer.global_step != self._last_step
+        ):
+            self._capture(trainer, pl_module, trainer.global_step)
+        if (trainer.current_epoch + 1) % self.figure_every_n_epochs == 0:
+            self._draw(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._draw(trainer)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._draw(trainer)
+        super().on_fit_end(trainer, pl_module)
+
+    # ------------------------------------------------------------------ capture -> reduce -> emit
+    def _capture(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
+        """Every rank, same order: one ``histogram_set`` call (two collectives when distributed)."""
+        self._last_step = step
+        with self.guard(trainer, "histogram capture"):
+            if self._params is None:
+                self._params = self._select(pl_module)
+            tensors: list[torch.Tensor | None] = []
+            names: list[str] = []
+            for sel in SELECTIONS[self.log_what]:
+                for name, p in self._params:
+                    if sel == "gradients" and not p.requires_grad:
+                        continue
+                    tensors.append(p if sel == "weights" else p.grad)
+                    names.append(f"{sel}/{name}")
+            hs, failed = stats.histogram_set(tensors, names, self.bins)
+            if failed:
+                warn_once(
+                    (type(self).__name__, "failed-capture"),
+                    f"{type(self).__name__}: histogram capture failed on some rank at step {step} "
+                    f"(epoch {trainer.current_epoch}); this step is skipped. Training continues; this "
+                    "warning is shown once.",
+                )
+                return
+            self._record(hs, step)
+            self._emit_step(trainer, hs, step)
+
+    def _record(self, hs: stats.HistogramSet, step: int) -> None:
+        for i, tag in enumerate(hs.names):
+            sel, name = tag.split("/", 1)
+            if hs.numel[i] == 0:  # no gradient this step
+                continue
+            edges = hs.edges[i]
+            w = float(edges[1] - edges[0])
+            snap = {
+                "steps": step,
+                "k": round(edges[0] / w),
+                "w": w,
+                "counts": hs.counts[i].copy(),
+                "nonfinite": int(hs.nonfinite[i]),
+            }
+            _append(self._history[sel].setdefault(name, _new_series()), snap, self.max_history)
+        self._version += 1
+
+    def _emit_step(self, trainer: Trainer, hs: stats.HistogramSet, step: int) -> None:
+        if not self.emitting(trainer):
+            return
+        items = []
+        scalars: dict[str, float] = {}
+        for i, tag in enumerate(hs.names):
+            sel, name = tag.split("/", 1)
+            finite = int(hs.finite[i])
+            if hs.numel[i] == 0:
+                continue
+            if hs.nonfinite[i] > 0:
+                scalars[f"nonfinite/{sel}/{name}"] = float(hs.nonfinite[i])
+            if self.log_norms:
+                scalars[f"{'weight' if sel == 'weights' else 'grad'}_norm/{name}"] = float(hs.norm[i])
+            if finite > 0:
+                st = {
+                    "min": float(hs.minimum[i]),
+                    "max": float(hs.maximum[i]),
+                    "num": float(finite),
+                    "sum": float(hs.sum[i]),
+                    "sum_squares": float(hs.sum_squares[i]),
+                }
+                items.append((tag, hs.edges[i], hs.counts[i], st))
+        self.emit_histograms(trainer, items, step)
+        self.emit_scalars(trainer, scalars, step)
+
+    # ------------------------------------------------------------------ figures
+    def evolution_data(self, selection: str) -> dict[str, Any]:
+        """The plain data behind one evolution figure (fresh arrays, safe to hand to another thread)."""
+        params = []
+        for name, s in self._history.get(selection, {}).items():
+            if not s["steps"]:
+                continue
+            k, w = np.asarray(s["k"], dtype=np.float64), np.asarray(s["w"], dtype=np.float64)
+            params.append(
+                {
+                    "name": name,
+                    "numel": int(np.sum(s["counts"][-1]) + s["nonfinite"][-1]),
+                    "steps": np.asarray(s["steps"], dtype=np.int64),
+                    "edges": (k[:, None] + np.arange(self.bins + 1)) * w[:, None],
+                    "counts": np.stack(s["counts"]).astype(np.int64),
+                    "nonfinite": np.asarray(s["nonfinite"], dtype=np.int64),
+                }
+            )
+        return {"title": f"{selection} over training", "params": params}
+
+    def _draw(self, trainer: Trainer) -> None:
+        if self._version == self._drawn_version or not self.emitting(trainer):
+            return
+        self._drawn_version = self._version
+        step = trainer.global_step
+        with self.guard(trainer, "evolution figure"):
+            for sel in SELECTIONS[self.log_what]:
+                data = self.evolution_data(sel)
+                if not data["params"]:
+                    continue
+                arrays: dict[str, np.ndarray] = {"parameters": np.array([p["name"] for p in data["params"]])}
+                for p in data["params"]:
+                    for key in ("steps", "edges", "counts", "nonfinite"):
+                        arrays[f"{p['name']}/{key}"] = p[key]
+                stem = step_stem(f"{sel}_evolution", step)
+                tag = f"viz/{self.viz_name}/{sel}_evolution"
+                self.emit_figure(
+                    trainer, render_evolution, data, tag=tag, stem=stem, step=step, save_data=arrays
+                )
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        history = {
+            sel: {
+                name: {
+                    "steps": torch.tensor(s["steps"], dtype=torch.int64),
+                    "index": torch.tensor(s["index"], dtype=torch.int64),
+                    "k": torch.tensor(s["k"], dtype=torch.int64),
+                    "w": torch.tensor(s["w"], dtype=torch.float64),
+                    "counts": torch.from_numpy(np.stack(s["counts"]).astype(np.int64))
+                    if s["counts"]
+                    else torch.zeros(0, self.bins, dtype=torch.int64),
+                    "nonfinite": torch.tensor(s["nonfinite"], dtype=torch.int64),
+                    "seen": int(s["seen"]),
+                    "stride": int(s["stride"]),
+                }
+                for name, s in series.items()
+            }
+            for sel, series in self._history.items()
+        }
+        return {"version": STATE_VERSION, "bins": self.bins, "last_step": self._last_step, "history": history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        owner = type(self).__name__
+
+        def warn(why: str, then: str = "the histogram history starts afresh from here") -> None:
+            warn_once((owner, "state", why), f"{owner}: {why}; {then}.")
+
+        if not isinstance(state_dict, Mapping) or "history" not in state_dict:
+            keys = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            warn(f"the saved state has no history (found {keys})")
+            return
+        if state_dict.get("version") != STATE_VERSION:
+            version = state_dict.get("version")
+            warn(f"the saved state has version {version!r}, not {STATE_VERSION}", "loading what is readable")
+        self._last_step = int(state_dict.get("last_step", -1))
+        if state_dict.get("bins") != self.bins:
+            warn(f"the saved history has bins={state_dict.get('bins')!r} but `bins` is {self.bins}")
+            return
+        for sel, series in dict(state_dict["history"]).items():
+            if sel not in self._history:
+                continue
+            for name, s in dict(series).items():
+                try:
+                    loaded = {
+                        key: [v.item() if hasattr(v, "item") else v for v in s[key]]
+                        for key in _LISTS
+                        if key != "counts"
+                    }
+                    loaded["counts"] = [np.asarray(row, dtype=np.int64) for row in s["counts"]]
+                    if len({len(v) for v in loaded.values()}) != 1:
+                        raise ValueError("lists of unequal length")
+                    if any(row.shape != (self.bins,) for row in loaded["counts"]):
+                        raise ValueError(f"counts are not rows of {self.bins} bins")
+                    loaded["seen"], loaded["stride"] = int(s["seen"]), int(s["stride"])
+                except (KeyError, TypeError, ValueError) as err:
+                    warn(f"the saved history of {sel}/{name} is unreadable ({err!r})", "it is skipped")
+                    continue
+                _thin(loaded, self.max_history)  # `max_history` may be smaller than before
+                self._history[sel][name] = loaded
+        self._version += 1
