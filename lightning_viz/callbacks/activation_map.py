@@ -1,0 +1,508 @@
+"""ActivationMapCallback: what selected layers output on a fixed sample batch, and how that moves in training.
+
+Per capture (every rank): one ``no_grad`` forward of the sample batch in eval mode with forward hooks that
+exist only during that forward (:func:`lightning_viz.core.hooks.capture_outputs`). Each hooked layer's output
+is reduced on its device to six numbers (count, sum, centred sum of squares, count times mean squared, exact
+zeros, saturated values) plus, for display, a few channels of one example; the full activation is dropped
+as soon as the hook returns. The six numbers are summed over ranks in one collective, and rank zero renders
+the feature-map grids, the heatmaps and the statistics over training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, default_collate
+
+from lightning_viz.core import distributed
+from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
+from lightning_viz.core.hooks import capture_outputs, match_modules
+from lightning_viz.core.warn import VizWarning, rank_zero_warn, warn_once
+from lightning_viz.render.activations import render_activation_stats, render_feature_maps, render_heatmaps
+
+SampleFrom = Literal["val", "train"]
+ChannelOrder = Literal["mean_activation", "first", "variance"]
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
+STATS = ("mean", "std", "dead_fraction", "saturated_fraction")
+STATE_KEYS = ("sample_indices", "history", "last_step")
+HEATMAP_ROWS, HEATMAP_COLS = 64, 128
+
+
+def model_input(batch: Any) -> Any:
+    """What the model's ``forward`` receives from a collated batch (the rule, documented on the callback)."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    if isinstance(batch, Mapping):
+        return next((batch[k] for k in INPUT_KEYS if k in batch), batch)
+    return batch
+
+
+def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
+    """Output range of a bounded (tanh/sigmoid-like) activation module; ``None`` for unbounded ones."""
+    if isinstance(module, (nn.Tanh, nn.Softsign)):
+        return -1.0, 1.0
+    if isinstance(module, (nn.Sigmoid, nn.Hardsigmoid)):
+        return 0.0, 1.0
+    if type(module) is nn.Hardtanh:
+        return float(module.min_val), float(module.max_val)
+    return None
+
+
+def output_sums(a: torch.Tensor, bounds: tuple[float, float] | None, threshold: float) -> torch.Tensor:
+    """Six float64 sums on ``a``'s device: count, sum, centred sum of squares, count x mean^2, zeros, saturated.
+
+    Summed over ranks (and over repeated calls of one module) they give the pooled statistics exactly.
+    """
+    n = a.numel()
+    mean = a.mean(dtype=torch.float64)
+    m2 = (a - mean.to(a.dtype)).square_().sum(dtype=torch.float64)
+    zeros = (a == 0).sum().to(torch.float64)
+    sat = torch.zeros((), dtype=torch.float64, device=a.device)
+    if bounds is not None:
+        centre, half = (bounds[0] + bounds[1]) / 2, (bounds[1] - bounds[0]) / 2
+        sat = ((a - centre).abs_() >= threshold * half).sum().to(torch.float64)
+    count = torch.tensor(float(n), dtype=torch.float64, device=a.device)
+    return torch.stack([count, mean * n, m2, mean * mean * n, zeros, sat])
+
+
+def stats_from_sums(sums: Sequence[float], bounded: bool) -> dict[str, float]:
+    """Mean, population std, dead (exact-zero) fraction and saturated fraction (NaN unless ``bounded``)."""
+    n, s, m2, q, zeros, sat = (float(v) for v in sums)
+    if n <= 0:  # the layer did not run in this forward
+        return dict.fromkeys(STATS, math.nan)
+    var = max((m2 + q - s * s / n) / n, 0.0)
+    return {
+        "mean": s / n,
+        "std": math.sqrt(var),
+        "dead_fraction": zeros / n,
+        "saturated_fraction": sat / n if bounded else math.nan,
+    }
+
+
+def rank_channels(per_channel: torch.Tensor, order: str, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``k`` channels shown (rows of ``[C, ...]`` values) and their scores, by the ``channel_order`` rule.
+
+    ``mean_activation`` / ``variance``: highest mean / population variance first, ties to the lower index;
+    ``first``: channels ``0 .. k-1`` (no score).
+    """
+    flat = per_channel.flatten(1).float()
+    if order == "first":
+        return torch.arange(min(k, flat.shape[0])), None
+    scores = flat.var(dim=1, correction=0) if order == "variance" else flat.mean(dim=1)
+    chans = torch.sort(scores, descending=True, stable=True).indices[:k]
+    return chans.cpu(), scores[chans]
+
+
+def feature_record(name: str, module: nn.Module, a: torch.Tensor, i: int, k: int, order: str) -> dict:
+    """Example ``i``'s top-``k`` channels of an ``N, C, H, W`` (or ``N, C, D, H, W``) output, as CPU arrays."""
+    ex = a[i]
+    chans, scores = rank_channels(ex, order, k)
+    maps = ex[chans.to(ex.device)]
+    note = ""
+    if maps.ndim == 4:
+        maps, note = maps[:, maps.shape[1] // 2], f"middle depth slice of {maps.shape[1]}"
+    return {
+        "name": name,
+        "kind": type(module).__name__,
+        "maps": maps.float().cpu().numpy(),
+        "channels": chans.numpy(),
+        "scores": np.full(len(chans), np.nan) if scores is None else scores.cpu().numpy(),
+        "total_channels": int(ex.shape[0]),
+        "order": order,
+        "note": note,
+    }
+
+
+def heatmap_record(name: str, module: nn.Module, a: torch.Tensor, i: int, k: int, order: str) -> dict | None:
+    """A capped 2-d view of a non-image output: ``N, F`` examples x features; ``N, C, L`` (Conv1d) example
+    ``i``'s top-``k`` channels x positions; other ``N, T, F`` example ``i``'s time steps x features."""
+    if a.ndim == 2:
+        values, rows, cols, total = a[:HEATMAP_ROWS], "examples", "features", a.shape[0]
+    elif a.ndim == 3 and isinstance(module, nn.Conv1d):
+        chans, _ = rank_channels(a[i], order, k)
+        values, rows, cols, total = (
+            a[i][chans.to(a.device)],
+            f"channels {chans.tolist()}",
+            "position",
+            a.shape[1],
+        )
+    elif a.ndim == 3:
+        values, rows, cols, total = a[i, :HEATMAP_ROWS], f"time steps (example {i})", "features", a.shape[1]
+    else:
+        return None  # 1-d or 6-d+ outputs: statistics only
+    notes = [f"{values.shape[0]} of {total} rows"] if values.shape[0] < total else []
+    if values.shape[1] > HEATMAP_COLS:
+        notes.append(f"first {HEATMAP_COLS} of {values.shape[1]} columns")
+    return {
+        "name": name,
+        "kind": type(module).__name__,
+        "values": values[:, :HEATMAP_COLS].float().cpu().numpy(),
+        "rows": rows,
+        "cols": cols,
+        "note": ", ".join(notes),
+    }
+
+
+def input_image(x: Any, i: int) -> np.ndarray | None:
+    """Example ``i`` of an image-like input (``N, C, H, W``; middle depth slice of ``N, C, D, H, W``) as
+    ``[C, H, W]`` (the first channel only unless C is 1 or 3), or ``None`` when the input is no image."""
+    if isinstance(x, Mapping):
+        x = next((v for v in x.values() if isinstance(v, torch.Tensor) and v.ndim in (4, 5)), None)
+    if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5) or not x.is_floating_point():
+        return None
+    ex = x[min(i, x.shape[0] - 1)].float()
+    ex = ex[:, ex.shape[1] // 2] if ex.ndim == 4 else ex
+    return (ex if ex.shape[0] in (1, 3) else ex[:1]).cpu().numpy()
+
+
+def _first_loader(obj: Any) -> DataLoader | None:
+    if isinstance(obj, DataLoader):
+        return obj
+    obj = getattr(obj, "flattened", obj)  # CombinedLoader
+    items = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, (list, tuple)) else []
+    return next((dl for dl in map(_first_loader, items) if dl is not None), None)
+
+
+class ActivationMapCallback(VizCallback):
+    """Feature maps, heatmaps and activation statistics of selected layers on a fixed sample batch.
+
+    The sample batch is the first ``sample_size`` examples of the validation dataset (of the training dataset
+    when there is no validation dataloader), collated by the dataloader's ``collate_fn``; its dataset indices
+    are kept in the callback's state so a resumed run shows the same examples. The model receives the batch's
+    input: a tensor batch as it is, element 0 of a tuple or list ``(x, y, ...)``, and for a dict the value of
+    the first of the keys ``x``, ``input``, ``inputs``, ``image``, ``images``, ``pixel_values`` (the whole dict
+    when none is present). Each capture runs the model once on it, without gradients and in eval mode.
+
+    Statistics per layer (over every element of its output on the whole sample batch): mean, standard
+    deviation (population), dead fraction (exact zeros) and saturated fraction, defined for bounded
+    activation modules (``Tanh``, ``Softsign``, ``Hardtanh``: ``|a - centre| >= saturation_threshold * half
+    range``, i.e. ``|a| >= threshold`` for tanh; ``Sigmoid``, ``Hardsigmoid`` likewise on ``[0, 1]``) and
+    NaN for other layers. Image-like outputs (``N, C, H, W``; the middle depth slice of ``N, C, D, H, W``)
+    show example ``sample_index``'s channels as a grid; other outputs show as heatmaps.
+
+    Args:
+        every_n_epochs: capture at the end of every N-th training epoch; ``null`` to turn off. When both
+            schedules are off, one capture runs at the end of training.
+        every_n_steps: capture after every N-th optimizer step; ``null`` to turn off.
+        layers: glob patterns over qualified module names (``"features.*"``, ``"*conv*"``). Default: every
+            Conv1d/Conv2d/Conv3d layer; a model without one uses its Linear layers and says so.
+        sample_size: number of examples in the fixed sample batch (at most the dataset's size).
+        sample_from: dataset to take the sample from: ``"val"`` (falls back to ``"train"`` when there is no
+            validation dataloader) or ``"train"``.
+        max_channels: most channels shown per layer (grid cap; also the row cap of 1-d convolution heatmaps).
+        channel_order: which channels are shown, ranked on example ``sample_index``: ``"mean_activation"``
+            (highest mean over the map first), ``"variance"`` (highest spatial variance first) or ``"first"``
+            (channels 0 .. max_channels - 1).
+        sample_index: which example of the sample batch the feature-map grid shows.
+        saturation_threshold: fraction of the output range beyond which a bounded activation counts as
+            saturated, in (0, 1].
+        output_dir: where files go; default ``<trainer.log_dir>/viz/activation_map``.
+        when_full: what to do when the background rendering queue is full: ``"wait"`` or ``"drop_oldest"``.
+    """
+
+    viz_name: ClassVar[str] = "activation_map"
+
+    def __init__(
+        self,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        layers: list[str] | None = None,
+        sample_size: int = 8,
+        sample_from: SampleFrom = "val",
+        max_channels: int = 16,
+        channel_order: ChannelOrder = "mean_activation",
+        sample_index: int = 0,
+        saturation_threshold: float = 0.99,
+        output_dir: str | None = None,
+        when_full: WhenFull = "wait",
+    ) -> None:
+        super().__init__(output_dir=output_dir, when_full=when_full)
+        check_int("every_n_epochs", every_n_epochs, optional=True)
+        check_int("every_n_steps", every_n_steps, optional=True)
+        check_int("sample_size", sample_size)
+        check_int("max_channels", max_channels)
+        check_int("sample_index", sample_index, minimum=0)
+        check_choice("sample_from", sample_from, ("val", "train"))
+        check_choice("channel_order", channel_order, ("mean_activation", "first", "variance"))
+        if sample_index >= sample_size:
+            raise ValueError(f"`sample_index` must be < `sample_size` ({sample_size}); got {sample_index!r}")
+        if isinstance(saturation_threshold, bool) or not 0 < float(saturation_threshold) <= 1:
+            raise ValueError(f"`saturation_threshold` must be in (0, 1]; got {saturation_threshold!r}")
+        if layers is not None and (not layers or not all(isinstance(p, str) and p for p in layers)):
+            raise ValueError(f"`layers` must be a non-empty list of glob patterns or null; got {layers!r}")
+        self.every_n_epochs, self.every_n_steps, self.layers = every_n_epochs, every_n_steps, layers
+        self.sample_size, self.sample_from, self.sample_index = sample_size, sample_from, sample_index
+        self.max_channels, self.channel_order = max_channels, channel_order
+        self.saturation_threshold = float(saturation_threshold)
+        self.layer_names: list[str] = []
+        self.sample_indices: list[int] | None = None
+        self.history: dict[str, dict[str, list[float]]] = {}
+        self.last_step = -1
+        self._modules: dict[str, nn.Module] = {}
+        self._loader: DataLoader | None = None
+        self._sample: Any = None
+        self._acc: dict[str, torch.Tensor] = {}
+        self._pictures: dict[str, dict[str, Any]] | None = None
+        self._resolved = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(output_dir=self.output_dir, layers=self.layers)
+
+    # ------------------------------------------------------------------ setup
+    def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.layer_names, self._sample = [], None
+        if not is_overridden("configure_model", pl_module):  # else its layers exist from on_fit_start on
+            self._resolve_layers(pl_module)
+        self._find_dataset(trainer)
+
+    def _resolve_layers(self, model: nn.Module) -> None:
+        self._resolved = True
+        if self.layers is not None:
+            self.layer_names = list(match_modules(model, self.layers, argument="layers"))
+            return
+        convs = [n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)]
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        self.layer_names = convs or linears
+        if not convs:
+            what = f"its Linear layers {linears}" if linears else "nothing (it has no Linear layer either)"
+            rank_zero_warn(
+                f"ActivationMapCallback: the model has no Conv1d/Conv2d/Conv3d layer, so it captures {what}; "
+                "other modules are skipped. Set `layers` to choose modules.",
+                category=VizWarning,
+            )
+
+    def _find_dataset(self, trainer: Trainer) -> None:
+        """Pick the sample's dataloader and check ``sample_size`` against its dataset (raises ValueError)."""
+        fit_loop = trainer.fit_loop
+        sources = {"val": fit_loop.epoch_loop.val_loop._data_source, "train": fit_loop._data_source}
+        loader, which = None, self.sample_from
+        for which in ("val", "train") if self.sample_from == "val" else ("train",):
+            source = sources[which]
+            loader = _first_loader(source.dataloader()) if source.is_defined() else None
+            if loader is not None:
+                break
+            if which == "val":
+                rank_zero_info(
+                    "ActivationMapCallback: no validation dataloader; the sample comes from `train`."
+                )
+        if loader is None:
+            raise ValueError(
+                f"ActivationMapCallback found no dataloader for `sample_from`={self.sample_from!r}"
+            )
+        self._loader = loader
+        if isinstance(loader.dataset, IterableDataset) or not hasattr(loader.dataset, "__len__"):
+            self.sample_indices = None  # its first examples in iteration order; checked at the first capture
+            return
+        size = len(loader.dataset)
+        if self.sample_size > size:
+            raise ValueError(
+                f"`sample_size` is {self.sample_size} but the {which} dataset has only {size} examples; "
+                f"use `sample_size` <= {size}"
+            )
+        if self.sample_indices is None or len(self.sample_indices) != self.sample_size:
+            self.sample_indices = list(range(self.sample_size))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Strategies may replace modules after setup (SyncBatchNorm) or create them (configure_model).
+        if not self._resolved:
+            self._resolve_layers(pl_module)
+        named = dict(pl_module.named_modules())
+        self._modules = {n: named[n] for n in self.layer_names if n in named}
+
+    # ------------------------------------------------------------------ schedule
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
+            self.capture(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.capture(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.every_n_epochs is None and self.every_n_steps is None:
+            self.capture(trainer, pl_module)
+
+    # ------------------------------------------------------------------ sample
+    def sample_input(self) -> Any:
+        """The model input of the fixed sample batch (detached, on the CPU), built on first use."""
+        if self._sample is not None:
+            return self._sample
+        loader = self._loader
+        if loader is None:
+            raise RuntimeError("ActivationMapCallback.setup() has not run")
+        if self.sample_indices is None:  # an iterable dataset: its first examples, in iteration order
+            parts, have = [], 0
+            for batch in loader:
+                parts.append(model_input(batch))
+                have += len(parts[-1])
+                if have >= self.sample_size:
+                    break
+            if have < self.sample_size:
+                raise ValueError(f"`sample_size` is {self.sample_size} but the dataset yields only {have}")
+            x = torch.cat(parts)[: self.sample_size]
+        else:
+            dataset: Any = loader.dataset
+            if max(self.sample_indices) >= len(dataset):
+                rank_zero_warn(
+                    f"ActivationMapCallback: the saved sample indices go past the dataset ({len(dataset)} "
+                    f"examples); the sample is its first {self.sample_size} examples instead.",
+                    category=VizWarning,
+                )
+                self.sample_indices = list(range(self.sample_size))
+            collate = loader.collate_fn if loader.batch_sampler is not None else default_collate
+            x = model_input(collate([dataset[i] for i in self.sample_indices]))
+        self._sample = apply_to_collection(x, torch.Tensor, lambda t: t.detach().cpu())
+        return self._sample
+
+    # ------------------------------------------------------------------ capture (every rank)
+    def _on_output(self, name: str, module: nn.Module, output: Any) -> None:
+        t = output if isinstance(output, torch.Tensor) else None
+        if t is None and isinstance(output, (tuple, list)):
+            t = next((o for o in output if isinstance(o, torch.Tensor)), None)
+        if t is None or not t.is_floating_point() or t.numel() == 0:
+            warn_once(
+                ("ActivationMapCallback", "skip", name),
+                f"ActivationMapCallback: layer {name!r} is skipped: its output is {type(output).__name__}"
+                f"{'' if t is None else f' of dtype {t.dtype} and shape {tuple(t.shape)}'}, not a float tensor.",
+            )
+            return
+        a = t.detach()
+        if a.element_size() < 4:  # half precision: the statistics are computed in float32
+            a = a.float()
+        vec = output_sums(a, saturation_bounds(module), self.saturation_threshold)
+        self._acc[name] = self._acc[name] + vec if name in self._acc else vec
+        if self._pictures is not None and name not in self._pictures:
+            args = (name, module, a, min(self.sample_index, a.shape[0] - 1), self.max_channels)
+            image_like = a.ndim in (4, 5)
+            rec = (
+                feature_record(*args, self.channel_order)
+                if image_like
+                else heatmap_record(*args, self.channel_order)
+            )
+            if rec is not None:
+                self._pictures[name] = rec
+
+    def capture(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Capture, reduce and emit once for the current global step (every rank must call this)."""
+        step = trainer.global_step
+        if step == self.last_step or not self.layer_names:
+            return
+        self.last_step = step
+        self._acc = {}
+        self._pictures = {} if self.emitting(trainer) else None
+        failed, x = False, None
+        try:
+            x = self.sample_input()
+            inputs = trainer.precision_plugin.convert_input(move_data_to_device(x, pl_module.device))
+            with torch.no_grad(), capture_outputs(pl_module, self._modules, self._on_output) as executed:
+                try:
+                    with trainer.precision_plugin.forward_context():
+                        pl_module(inputs)
+                except Exception as err:
+                    failed = True
+                    warn_once(
+                        ("ActivationMapCallback", "forward", type(err).__name__),
+                        f"ActivationMapCallback: the capture forward pass failed at step {step}; layers run "
+                        f"before the error: {list(executed)}; cause: {err!r}. Hooks were removed and the "
+                        "model's train/eval modes restored; training continues. This warning is shown once.",
+                    )
+        except Exception as err:
+            failed = True
+            warn_once(
+                ("ActivationMapCallback", "capture", type(err).__name__),
+                f"ActivationMapCallback: capture failed at step {step}: {err!r}. Training continues.",
+            )
+        acc, pictures, self._acc, self._pictures = self._acc, self._pictures or {}, {}, None
+        dev = next((v.device for v in acc.values()), pl_module.device)
+        sums = torch.zeros(len(self.layer_names), 6, dtype=torch.float64, device=dev)
+        if not failed:
+            for row, name in enumerate(self.layer_names):
+                if name in acc:
+                    sums[row] = acc[name].to(dev)
+        reduced, any_failed = distributed.reduce_values({"sums": sums}, {"sums": "sum"}, failed=failed)
+        if not any_failed:
+            with self.guard(trainer, "activation maps"):
+                self._record(trainer, step, reduced["sums"].cpu().numpy(), x, pictures)
+
+    # ------------------------------------------------------------------ record and emit
+    def _record(self, trainer: Trainer, step: int, sums: np.ndarray, x: Any, pictures: dict) -> None:
+        scalars: dict[str, float] = {}
+        for name, row in zip(self.layer_names, sums):
+            module = self._modules.get(name)
+            stats = stats_from_sums(row, module is not None and saturation_bounds(module) is not None)
+            hist = self.history.setdefault(name, {"step": [], **{k: [] for k in STATS}})
+            hist["step"].append(step)
+            for k, v in stats.items():
+                hist[k].append(v)
+                if math.isfinite(v):
+                    scalars[f"activation/{name}/{k}"] = v
+        self.emit_scalars(trainer, scalars, step)
+        if not self.emitting(trainer):
+            return
+        maps = [p for p in pictures.values() if "maps" in p]
+        if maps:
+            image = input_image(x, self.sample_index)
+            data = {"step": step, "sample_index": self.sample_index, "input": image, "layers": maps}
+            arrays = {"step": np.array(step), "sample_index": np.array(self.sample_index)}
+            arrays["layer_names"] = np.array([m["name"] for m in maps])
+            if image is not None:
+                arrays["input"] = image
+            for j, m in enumerate(maps):
+                arrays.update({f"{key}_{j}": m[key] for key in ("maps", "channels", "scores")})
+            self._emit(trainer, render_feature_maps, data, "maps", step_stem("maps", step), step, arrays)
+        heat = [p for p in pictures.values() if "values" in p]
+        if heat:
+            data = {"step": step, "layers": heat}
+            self._emit(trainer, render_heatmaps, data, "heatmaps", step_stem("heatmaps", step), step, None)
+        history = {n: {k: list(v) for k, v in h.items()} for n, h in self.history.items()}
+        data = {"saturation_threshold": self.saturation_threshold, "layers": history}
+        self._emit(trainer, render_activation_stats, data, "stats", "stats", step, None)
+
+    def _emit(
+        self, trainer: Trainer, render: Any, data: Any, what: str, stem: str, step: int, save: Any
+    ) -> None:
+        tag = f"viz/{self.viz_name}/{what}"
+        self.emit_figure(trainer, render, data, tag=tag, stem=stem, step=step, save_data=save)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sample_indices": None if self.sample_indices is None else list(self.sample_indices),
+            "history": {n: {k: list(v) for k, v in h.items()} for n, h in self.history.items()},
+            "last_step": self.last_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        missing = [k for k in STATE_KEYS if k not in state_dict]
+        if missing:
+            rank_zero_warn(
+                f"ActivationMapCallback: the checkpoint's state lacks {missing}; those start afresh.",
+                category=VizWarning,
+            )
+        indices = state_dict.get("sample_indices")
+        if indices is not None and len(indices) != self.sample_size:
+            rank_zero_warn(
+                f"ActivationMapCallback: the checkpoint's sample has {len(indices)} examples but `sample_size` "
+                f"is {self.sample_size}; the sample is the first {self.sample_size} examples instead.",
+                category=VizWarning,
+            )
+        elif indices is not None:
+            self.sample_indices, self._sample = [int(i) for i in indices], None
+        history: Mapping[str, Mapping[str, Sequence[float]]] = state_dict.get("history") or {}
+        self.history = {n: {k: list(h.get(k, [])) for k in ("step", *STATS)} for n, h in history.items()}
+        self.last_step = int(state_dict.get("last_step", self.last_step))

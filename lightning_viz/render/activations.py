@@ -1,0 +1,186 @@
+"""Figures of activations: feature-map grids beside the input, heatmaps, and statistics over training.
+
+Pure functions: plain data (numpy arrays, lists, numbers) in, a matplotlib ``Figure`` out. They never touch
+pyplot state; the caller closes the figure (:func:`lightning_viz.render.close_figure`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
+
+from lightning_viz.render._figure import new_figure
+
+STAT_PANELS: tuple[tuple[str, str], ...] = (
+    ("mean", "mean"),
+    ("std", "standard deviation"),
+    ("dead_fraction", "dead fraction (exact zeros)"),
+    ("saturated_fraction", "saturated fraction"),
+)
+ORDER_WORDS = {
+    "mean_activation": "highest mean activation",
+    "variance": "highest variance",
+    "first": "first channels",
+}
+GRID_PAD = 1
+PAD_VALUE = 2.0  # drawn in white: above the colour map's range
+
+
+def _show_input(ax: Axes, image: np.ndarray, sample_index: int) -> None:
+    """An input example ``[C, H, W]``: grey for one channel, RGB (rescaled to [0, 1]) for three."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.shape[0] == 3:
+        lo, hi = float(img.min()), float(img.max())
+        ax.imshow(np.transpose((img - lo) / max(hi - lo, 1e-12), (1, 2, 0)), interpolation="nearest")
+    else:
+        ax.imshow(img[0], cmap="gray", interpolation="nearest")
+    ax.set_title(f"input (example {sample_index})", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def feature_grid(maps: np.ndarray) -> tuple[np.ndarray, int]:
+    """Tile ``[K, H, W]`` maps with ``torchvision.utils.make_grid``, each channel scaled to [0, 1] on its own.
+
+    Returns:
+        The ``[H', W']`` grid (values in [0, 1]; the padding between tiles is ``PAD_VALUE``, above 1) and the
+        number of tiles per row.
+    """
+    k = int(maps.shape[0])
+    nrow = max(1, math.ceil(math.sqrt(k)))
+    tiles = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    grid = make_grid(tiles, nrow=nrow, padding=GRID_PAD, normalize=True, scale_each=True, pad_value=PAD_VALUE)
+    return grid[0].numpy(), nrow
+
+
+def render_feature_maps(data: Mapping[str, Any]) -> Figure:
+    """The input example beside one labelled feature-map grid per layer.
+
+    Args:
+        data: ``step``; ``sample_index``; ``input`` (``[C, H, W]`` array or ``None``); ``layers``: a list of
+            dicts with ``name``, ``kind`` (module type), ``maps`` (``[K, H, W]``), ``channels`` (the ``K``
+            channel indices shown, in display order), ``total_channels``, ``order`` (the channel rule) and an
+            optional ``note``.
+
+    Returns:
+        A figure with one axes for the input (when given) and one per layer, each titled with the layer name,
+        its type and the channels shown; every tile is labelled with its channel index.
+    """
+    layers: Sequence[Mapping[str, Any]] = data["layers"]
+    image = data.get("input")
+    n = max(1, len(layers))
+    fig = new_figure(10.0 if image is not None else 7.5, 0.6 + 3.0 * n)
+    gs = fig.add_gridspec(
+        n, 2 if image is not None else 1, width_ratios=[1, 3] if image is not None else None
+    )
+    col = 0
+    if image is not None:
+        _show_input(fig.add_subplot(gs[0, 0]), image, int(data.get("sample_index", 0)))
+        col = 1
+    for row, layer in enumerate(layers):
+        ax = fig.add_subplot(gs[row, col])
+        maps = np.asarray(layer["maps"])
+        grid, nrow = feature_grid(maps)
+        cmap = matplotlib.colormaps["viridis"].with_extremes(over="white")
+        ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        h, w = maps.shape[1] + GRID_PAD, maps.shape[2] + GRID_PAD
+        for i, ch in enumerate(np.asarray(layer["channels"]).tolist()):
+            r, c = divmod(i, nrow)
+            ax.text(
+                c * w + GRID_PAD + 0.3,
+                r * h + GRID_PAD + 0.3,
+                str(ch),
+                color="white",
+                fontsize=7,
+                va="top",
+                ha="left",
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0},
+            )
+        order = ORDER_WORDS.get(str(layer.get("order")), str(layer.get("order")))
+        title = (
+            f"{layer['name']} ({layer['kind']}): {len(layer['channels'])} of {layer['total_channels']} "
+            f"channels, {order}"
+        )
+        if layer.get("note"):
+            title += f"\n{layer['note']}"
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"Feature maps at step {data.get('step', '?')} (each channel scaled to its own range)")
+    return fig
+
+
+def render_heatmaps(data: Mapping[str, Any]) -> Figure:
+    """One heatmap per layer for activations that are not images (linear, sequence, 1-d convolution).
+
+    Args:
+        data: ``step`` and ``layers``: a list of dicts with ``name``, ``kind``, ``values`` (a 2-d array),
+            ``rows`` and ``cols`` (axis labels) and an optional ``note``.
+
+    Returns:
+        A figure with one heatmap axes (and its colour bar) per layer.
+    """
+    layers: Sequence[Mapping[str, Any]] = data["layers"]
+    n = max(1, len(layers))
+    fig = new_figure(8.0, 0.6 + 2.6 * n)
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    for ax, layer in zip(axes, layers):
+        values = np.asarray(layer["values"], dtype=np.float32)
+        lim = float(np.nanmax(np.abs(values))) if values.size else 1.0
+        lim = lim if lim > 0 and math.isfinite(lim) else 1.0
+        im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.9)
+        ax.set_ylabel(str(layer["rows"]))
+        ax.set_xlabel(str(layer["cols"]))
+        title = f"{layer['name']} ({layer['kind']})"
+        if layer.get("note"):
+            title += f": {layer['note']}"
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"Activations at step {data.get('step', '?')}")
+    return fig
+
+
+def render_activation_stats(data: Mapping[str, Any]) -> Figure:
+    """Per-layer activation statistics over training: mean, std, dead fraction, saturated fraction.
+
+    Args:
+        data: ``layers``: layer name -> dict with ``step`` and one sequence per statistic (``mean``, ``std``,
+            ``dead_fraction``, ``saturated_fraction``; NaN where a statistic does not apply); optional
+            ``saturation_threshold``.
+
+    Returns:
+        A figure with four axes (one per statistic) and one line per layer in each.
+    """
+    layers: Mapping[str, Mapping[str, Sequence[float]]] = data["layers"]
+    fig = new_figure(10.0, 7.0)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, (key, label) in zip(axes, STAT_PANELS):
+        drawn = 0
+        for name, hist in layers.items():
+            steps = np.asarray(hist["step"], dtype=np.float64)
+            values = np.asarray(hist[key], dtype=np.float64)
+            if values.size == 0 or not np.isfinite(values).any():
+                continue
+            ax.plot(steps, values, marker="o", markersize=3, label=name)
+            drawn += 1
+        if key == "saturated_fraction" and "saturation_threshold" in data:
+            label += f" (|a| >= {data['saturation_threshold']:g} x bound)"
+        if not drawn:
+            why = "no bounded (tanh/sigmoid-like) layer" if key == "saturated_fraction" else "no data yet"
+            ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", color="gray")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[2:]:
+        ax.set_xlabel("global step")
+    if layers:
+        axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Activation statistics over training (fixed sample batch, eval mode)")
+    return fig

@@ -1,0 +1,229 @@
+"""Real 2-process gloo jobs: DDP, FSDP2 (ModelParallelStrategy + fully_shard), multi-node on loopback.
+
+Each job runs ``tests/distributed/worker.py`` in a subprocess under a timeout, so a hang fails the test
+instead of stalling the suite. Numbers are checked against numpy on the full parameters that a probe
+callback gathered independently at the same hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import read_events
+
+pytestmark = pytest.mark.distributed
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = ROOT / "tests" / "distributed" / "worker.py"
+TIMEOUT = 240
+OUR_SCALARS = ("weight_norm/", "grad_norm/", "nonfinite/", "activation/", "model/")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    env.update(
+        PYTHONPATH=str(ROOT), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1"
+    )
+    env.update(extra)
+    return env
+
+
+def run_job(tmp: Path, **spec) -> Path:
+    """Run one job launched by Lightning itself (it starts the second rank)."""
+    out = tmp / spec.pop("name", "job")
+    spec["out"] = str(out)
+    spec_path = tmp / f"{out.name}.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(spec_path)],
+        cwd=tmp,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, (
+        f"job failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
+    return out
+
+
+def results(out: Path) -> dict[int, dict]:
+    return {int(p.stem[-1]): json.loads(p.read_text()) for p in out.glob("result_rank*.json")}
+
+
+def tb_histograms(out: Path) -> dict[str, list]:
+    acc = read_events(out / "tb" / "version_0")
+    return {tag: acc.Histograms(tag) for tag in acc.Tags()["histograms"]}
+
+
+def edges_of(hist) -> np.ndarray:
+    """Our bins have one power-of-two width, so the first left edge is exact from the first two limits."""
+    limits = np.asarray(hist.bucket_limit, dtype=np.float64)
+    return np.concatenate([[limits[0] - (limits[1] - limits[0])], limits])
+
+
+def probe(out: Path, rank: int, step: int) -> dict[str, np.ndarray]:
+    return dict(np.load(out / f"params_rank{rank}_step{step:06d}.npz"))
+
+
+def check_against_probe(out: Path, steps: list[int], rank: int = 0) -> int:
+    """Every weight/gradient histogram at the probed steps equals numpy on the full values; returns checks."""
+    hists = tb_histograms(out)
+    checked = 0
+    for step in steps:
+        values = probe(out, rank, step)
+        for key, full in values.items():
+            events = [e for e in hists[key] if e.step == step]
+            assert len(events) == 1, f"{key} at step {step}: {len(events)} events (duplicate or missing)"
+            h = events[0].histogram_value
+            expected, _ = np.histogram(full.astype(np.float64).ravel(), bins=edges_of(h))
+            assert np.array_equal(np.asarray(h.bucket, dtype=np.int64), expected), f"{key} step {step}"
+            assert h.num == full.size
+            checked += 1
+    return checked
+
+
+def assert_no_duplicate_events(out: Path) -> None:
+    acc = read_events(out / "tb" / "version_0")
+    for kind in ("histograms", "images", "scalars"):
+        for tag in acc.Tags()[kind]:
+            if kind == "scalars" and not tag.startswith(OUR_SCALARS):
+                continue  # Lightning's own (it logs "epoch" at train and validation ends of one step)
+            steps = [
+                e.step for e in getattr(acc, kind.capitalize() if kind != "histograms" else "Histograms")(tag)
+            ]
+            dup = [s for s, c in Counter(steps).items() if c > 1]
+            assert not dup, f"{kind} {tag!r} logged twice at steps {dup}"
+    assert len(list((out / "tb").rglob("events.out.tfevents.*"))) == 1, "more than one events file"
+
+
+def viz_files(out: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(out)) for p in (out / "tb" / "version_0" / "viz").rglob("*") if p.is_file()
+    )
+
+
+def test_ddp_all_callbacks_write_once_and_count_exactly(tmp_path):
+    out = run_job(tmp_path, name="ddp", strategy="ddp", devices=2, every_n_steps=2, probe_steps=[0, 2, 4])
+    res = results(out)
+    assert sorted(res) == [0, 1] and res[0]["world_size"] == 2
+
+    # Counts equal numpy on rank 0's full values (DDP replicas: no double counting) and gradients agree
+    # across ranks (they are all-reduced), so rank 1's view gives the same histograms.
+    assert check_against_probe(out, [0, 2, 4], rank=0) == 3 * 6 * 2
+    assert check_against_probe(out, [0, 2, 4], rank=1) == 3 * 6 * 2
+    assert_no_duplicate_events(out)
+
+    files = viz_files(out)
+    assert len(files) == len(set(files))
+    for sub in ("model_summary/summary.txt", "curves/curves.json"):
+        assert any(f.endswith(sub) for f in files), f"missing {sub}: {files}"
+    assert any("activation_map" in f and f.endswith(".png") for f in files)
+    assert any("weight_histogram" in f and f.endswith(".png") for f in files)
+
+    # Every rank issued the same collectives in the same hooks, and histograms cost at most 2 per
+    # logging step and none on other steps.
+    assert res[0]["collectives"] == res[1]["collectives"]
+    hist = {
+        k: v for k, v in res[0]["collectives"].items() if k.startswith("WeightHistogramCallback.on_before")
+    }
+    assert hist, res[0]["collectives"]
+    assert set(hist) <= {f"WeightHistogramCallback.on_before_optimizer_step@{s}" for s in range(0, 100, 2)}
+    assert all(v <= 2 for v in hist.values()), hist
+    per_step = [k for k in res[0]["collectives"] if "batch" in k]
+    assert not per_step, f"collectives in per-batch hooks: {per_step}"
+
+
+def test_fsdp2_histograms_and_summary_are_of_the_full_parameters(tmp_path):
+    out = run_job(
+        tmp_path,
+        name="fsdp",
+        strategy="fsdp2",
+        devices=2,
+        every_n_steps=2,
+        probe_steps=[0, 2],
+        callbacks=["summary", "weights"],
+    )
+    assert check_against_probe(out, [0, 2], rank=0) == 2 * 6 * 2
+    assert_no_duplicate_events(out)
+    full = probe(out, 0, 0)
+    total = sum(v.size for k, v in full.items() if k.startswith("weights/"))
+    summary = json.loads(next(out.rglob("model_summary/summary.json")).read_text())
+    assert summary["totals"]["total_params"] == total
+    res = results(out)
+    assert res[0]["collectives"] == res[1]["collectives"]
+
+
+def test_multi_node_on_loopback_matches_two_devices(tmp_path):
+    """num_nodes=2 with one process per node (NODE_RANK per process) gives the same outputs as devices=2."""
+    ref = run_job(tmp_path, name="ref", strategy="ddp", devices=2, every_n_steps=2, callbacks=["weights"])
+    out = tmp_path / "nodes"
+    spec = {
+        "out": str(out),
+        "strategy": "ddp",
+        "devices": 1,
+        "num_nodes": 2,
+        "every_n_steps": 2,
+        "callbacks": ["weights"],
+    }
+    spec_path = tmp_path / "nodes.json"
+    spec_path.write_text(json.dumps(spec))
+    env = clean_env(WORLD_SIZE="2", LOCAL_RANK="0")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(spec_path)],
+            cwd=tmp_path,
+            env={**env, "NODE_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    try:
+        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    assert sorted(results(out)) == [0, 1]
+    assert_no_duplicate_events(out)
+    a, b = tb_histograms(ref), tb_histograms(out)
+    assert sorted(a) == sorted(b)
+    for tag in a:
+        assert [e.step for e in a[tag]] == [e.step for e in b[tag]], tag
+        for ea, eb in zip(a[tag], b[tag]):
+            assert list(ea.histogram_value.bucket) == list(eb.histogram_value.bucket), (tag, ea.step)
+            assert list(ea.histogram_value.bucket_limit) == list(eb.histogram_value.bucket_limit)
+
+
+def test_slow_rank_neither_deadlocks_nor_duplicates(tmp_path):
+    out = run_job(
+        tmp_path,
+        name="slow",
+        strategy="ddp",
+        devices=2,
+        every_n_steps=2,
+        slow_rank=1,
+        slow_steps=[0, 2],
+        slow_seconds=3.0,
+        probe_steps=[0, 2],
+    )
+    assert check_against_probe(out, [0, 2], rank=0) == 2 * 6 * 2
+    assert_no_duplicate_events(out)

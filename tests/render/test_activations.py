@@ -1,0 +1,166 @@
+"""render.activations: pure functions from plain data to Figures with the expected panels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from lightning_viz.render import close_figure
+from lightning_viz.render.activations import (
+    PAD_VALUE,
+    feature_grid,
+    render_activation_stats,
+    render_feature_maps,
+    render_heatmaps,
+)
+
+
+@pytest.fixture
+def figures():
+    made: list[Figure] = []
+    yield made
+    for fig in made:
+        close_figure(fig)
+
+
+def maps_layer(name: str, k: int, total: int, h: int = 6, w: int = 6) -> dict:
+    rng = np.random.default_rng(len(name))
+    return {
+        "name": name,
+        "kind": "Conv2d",
+        "maps": rng.normal(size=(k, h, w)).astype(np.float32),
+        "channels": np.arange(k)[::-1].copy(),
+        "scores": np.linspace(1, 0, k),
+        "total_channels": total,
+        "order": "mean_activation",
+        "note": "",
+    }
+
+
+def image_axes(fig: Figure):
+    return [ax for ax in fig.axes if ax.images]
+
+
+def test_feature_maps_show_the_input_beside_one_labelled_grid_per_layer(figures):
+    data = {
+        "step": 12,
+        "sample_index": 3,
+        "input": np.random.default_rng(0).random((1, 8, 8)).astype(np.float32),
+        "layers": [maps_layer("features.0", 4, 4), maps_layer("features.3", 5, 32)],
+    }
+    fig = render_feature_maps(data)
+    figures.append(fig)
+    assert isinstance(fig, Figure)
+    axes = image_axes(fig)
+    assert len(axes) == 3
+    titles = [ax.get_title() for ax in axes]
+    assert titles[0] == "input (example 3)"
+    assert titles[1].startswith("features.0 (Conv2d): 4 of 4 channels, highest mean activation")
+    assert titles[2].startswith("features.3 (Conv2d): 5 of 32 channels")
+    # each tile carries its channel index, in display order
+    assert [t.get_text() for t in axes[2].texts] == ["4", "3", "2", "1", "0"]
+    assert "step 12" in fig.get_suptitle()
+
+
+def test_feature_maps_without_an_image_input_and_rgb_input(figures):
+    fig = render_feature_maps({"step": 1, "input": None, "layers": [maps_layer("c", 2, 2)]})
+    figures.append(fig)
+    assert len(image_axes(fig)) == 1
+    rgb = np.random.default_rng(1).normal(size=(3, 8, 8)).astype(np.float32)
+    fig = render_feature_maps({"step": 1, "input": rgb, "layers": [maps_layer("c", 2, 2)]})
+    figures.append(fig)
+    shown = image_axes(fig)[0].images[0].get_array()
+    assert shown.shape == (8, 8, 3) and float(shown.min()) == 0.0 and float(shown.max()) == 1.0
+
+
+def test_feature_grid_scales_each_channel_on_its_own():
+    maps = np.stack([np.arange(4.0).reshape(2, 2), 100 + 10 * np.arange(4.0).reshape(2, 2)])
+    grid, nrow = feature_grid(maps)
+    assert nrow == 2
+    tiles = grid[grid != PAD_VALUE]
+    assert tiles.min() == 0.0 and tiles.max() == 1.0
+    # both tiles become the same picture after per-channel scaling
+    np.testing.assert_allclose(grid[1:3, 1:3], grid[1:3, 4:6])
+    np.testing.assert_allclose(grid[1:3, 1:3], np.arange(4.0).reshape(2, 2) / 3, atol=1e-6)
+
+
+def test_heatmaps_one_panel_per_layer(figures):
+    data = {
+        "step": 5,
+        "layers": [
+            {
+                "name": "fc1",
+                "kind": "Linear",
+                "values": np.ones((8, 16)),
+                "rows": "examples",
+                "cols": "features",
+            },
+            {
+                "name": "rnn",
+                "kind": "GRU",
+                "values": np.zeros((10, 4)),
+                "rows": "time steps (example 0)",
+                "cols": "features",
+                "note": "first 128 of 300 columns",
+            },
+        ],
+    }
+    fig = render_heatmaps(data)
+    figures.append(fig)
+    axes = image_axes(fig)
+    assert len(axes) == 2
+    assert axes[0].get_title() == "fc1 (Linear)"
+    assert axes[1].get_title() == "rnn (GRU): first 128 of 300 columns"
+    assert axes[0].get_ylabel() == "examples" and axes[1].get_xlabel() == "features"
+    assert axes[0].images[0].get_array().shape == (8, 16)
+
+
+def test_activation_stats_four_panels_one_line_per_layer(figures):
+    nan = math.nan
+    data = {
+        "saturation_threshold": 0.9,
+        "layers": {
+            "conv1": {
+                "step": [1, 2, 3],
+                "mean": [0.1, 0.2, 0.3],
+                "std": [1.0, 0.9, 0.8],
+                "dead_fraction": [0.0, 0.1, 0.2],
+                "saturated_fraction": [nan, nan, nan],
+            },
+            "tanh": {
+                "step": [1, 2, 3],
+                "mean": [0.0, 0.0, 0.1],
+                "std": [0.5, 0.6, 0.7],
+                "dead_fraction": [0.0, 0.0, 0.0],
+                "saturated_fraction": [0.01, 0.05, 0.2],
+            },
+        },
+    }
+    fig = render_activation_stats(data)
+    figures.append(fig)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == [
+        "mean",
+        "standard deviation",
+        "dead fraction (exact zeros)",
+        "saturated fraction (|a| >= 0.9 x bound)",
+    ]
+    assert [len(ax.lines) for ax in axes] == [2, 2, 2, 1]  # NaN-only series are not drawn
+    np.testing.assert_allclose(axes[3].lines[0].get_ydata(), [0.01, 0.05, 0.2])
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["conv1", "tanh"]
+
+
+def test_activation_stats_says_when_no_layer_is_bounded(figures):
+    hist = {
+        "step": [1],
+        "mean": [0.0],
+        "std": [1.0],
+        "dead_fraction": [0.0],
+        "saturated_fraction": [math.nan],
+    }
+    fig = render_activation_stats({"layers": {"conv1": hist}})
+    figures.append(fig)
+    assert "no bounded" in fig.axes[3].texts[0].get_text()
