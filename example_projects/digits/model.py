@@ -54,6 +54,9 @@ class DigitsClassifier(LightningModule):
         init_bias: if set, every convolution and linear bias starts at this constant.
         init_weight_scale: if set, every convolution and linear weight is multiplied by this factor after
             PyTorch's default initialisation.
+        fsdp2: shard the model with FSDP2 (``torch.distributed.fsdp.fully_shard`` on every convolution and
+            linear layer, then the whole model) in ``configure_model``; use with
+            ``ModelParallelStrategy`` (see ``configs/fsdp.yaml``).
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class DigitsClassifier(LightningModule):
         input_size: int = 8,
         init_bias: float | None = None,
         init_weight_scale: float | None = None,
+        fsdp2: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("channels", channels), ("hidden", hidden), ("depth", depth)):
@@ -112,6 +116,17 @@ class DigitsClassifier(LightningModule):
                     module.weight.mul_(init_weight_scale)
                 if init_bias is not None and module.bias is not None:
                     module.bias.fill_(init_bias)
+
+    def configure_model(self) -> None:
+        """Apply FSDP2 sharding when ``fsdp2`` is set (the strategy has set up the device mesh by now)."""
+        if not self.hparams.fsdp2:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                fully_shard(module)
+        fully_shard(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of shape ``(batch, 10)`` for images of shape ``(batch, 1, H, W)``."""

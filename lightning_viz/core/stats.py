@@ -88,7 +88,8 @@ def bin_plan(lo: float, hi: float, bins: int) -> tuple[float, int]:
     span = hi - lo
     if span <= 0:  # constant tensor: a unit-wide range around it, like numpy's (v - 0.5, v + 0.5)
         span = max(1.0, abs(lo) * 2.0**-20)
-    e = max(-126, min(127, math.ceil(math.log2(span / bins))))
+    ratio = span / bins  # may underflow to 0 for subnormal spans: then the smallest width will do
+    e = -126 if ratio <= 0 else max(-126, min(127, math.ceil(math.log2(ratio))))
     while True:
         w = 2.0**e
         k = math.floor(lo / w)

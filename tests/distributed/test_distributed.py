@@ -99,8 +99,9 @@ def check_against_probe(out: Path, steps: list[int], rank: int = 0) -> int:
     return checked
 
 
-def assert_no_duplicate_events(out: Path) -> None:
-    acc = read_events(out / "tb" / "version_0")
+def assert_no_duplicate_events(run: Path) -> None:
+    """No tag of ours appears twice at one step, and the run has exactly one events file (rank 0's)."""
+    acc = read_events(run)
     for kind in ("histograms", "images", "scalars"):
         for tag in acc.Tags()[kind]:
             if kind == "scalars" and not tag.startswith(OUR_SCALARS):
@@ -110,7 +111,7 @@ def assert_no_duplicate_events(out: Path) -> None:
             ]
             dup = [s for s, c in Counter(steps).items() if c > 1]
             assert not dup, f"{kind} {tag!r} logged twice at steps {dup}"
-    assert len(list((out / "tb").rglob("events.out.tfevents.*"))) == 1, "more than one events file"
+    assert len(list(run.rglob("events.out.tfevents.*"))) == 1, "more than one events file"
 
 
 def viz_files(out: Path) -> list[str]:
@@ -128,7 +129,7 @@ def test_ddp_all_callbacks_write_once_and_count_exactly(tmp_path):
     # across ranks (they are all-reduced), so rank 1's view gives the same histograms.
     assert check_against_probe(out, [0, 2, 4], rank=0) == 3 * 6 * 2
     assert check_against_probe(out, [0, 2, 4], rank=1) == 3 * 6 * 2
-    assert_no_duplicate_events(out)
+    assert_no_duplicate_events(out / "tb" / "version_0")
 
     files = viz_files(out)
     assert len(files) == len(set(files))
@@ -161,7 +162,7 @@ def test_fsdp2_histograms_and_summary_are_of_the_full_parameters(tmp_path):
         callbacks=["summary", "weights"],
     )
     assert check_against_probe(out, [0, 2], rank=0) == 2 * 6 * 2
-    assert_no_duplicate_events(out)
+    assert_no_duplicate_events(out / "tb" / "version_0")
     full = probe(out, 0, 0)
     total = sum(v.size for k, v in full.items() if k.startswith("weights/"))
     summary = json.loads(next(out.rglob("model_summary/summary.json")).read_text())
@@ -203,7 +204,7 @@ def test_multi_node_on_loopback_matches_two_devices(tmp_path):
             p.kill()
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     assert sorted(results(out)) == [0, 1]
-    assert_no_duplicate_events(out)
+    assert_no_duplicate_events(out / "tb" / "version_0")
     a, b = tb_histograms(ref), tb_histograms(out)
     assert sorted(a) == sorted(b)
     for tag in a:
@@ -226,4 +227,4 @@ def test_slow_rank_neither_deadlocks_nor_duplicates(tmp_path):
         probe_steps=[0, 2],
     )
     assert check_against_probe(out, [0, 2], rank=0) == 2 * 6 * 2
-    assert_no_duplicate_events(out)
+    assert_no_duplicate_events(out / "tb" / "version_0")
