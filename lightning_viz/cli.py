@@ -81,6 +81,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VizCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        # An abbreviated flag (--trainer.max_epoch) is an error, not a silent match of --trainer.max_epochs.
+        parser_kwargs={"allow_abbrev": False},
         args=args,
         run=run,
     )

@@ -155,12 +155,13 @@ def test_print_config_shows_every_argument_with_its_default(capsys):
         (["--trainer.max_epohcs=3"], "trainer.max_epohcs"),
         (["--model.init_args.chanels=3"], "chanels"),
         (["--model.init_args.activation=gelu"], "gelu"),
+        (["--trainer.max_epoch=3"], "trainer.max_epoch"),  # a prefix of max_epochs: no silent abbreviation
         (
             ["--trainer.callbacks+=lightning_viz.WeightHistogramCallback", "--trainer.callbacks.binz=3"],
             "binz",
         ),
     ],
-    ids=["trainer-key", "model-key", "bad-choice", "callback-key"],
+    ids=["trainer-key", "model-key", "bad-choice", "abbreviation", "callback-key"],
 )
 def test_mistyped_argument_fails_naming_it(capsys, base_config, args, named):
     code, _, err = run_cli(capsys, ["fit", "--config", str(base_config), *args])
