@@ -32,6 +32,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
+	$(PIP) install --quiet -e ".[dev,bench]"
 	$(PY) -m benchmarks.run
 
 clean:

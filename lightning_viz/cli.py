@@ -88,12 +88,28 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VizCLI:
     )
 
 
+TOOLS = {
+    "render": ("lightning_viz.rerender", "redraw every figure of a viz directory from its saved data"),
+    "report": ("lightning_viz.report", "build the self-contained report.html of a viz directory"),
+}
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``lightning-viz`` console script.
+
+    ``lightning-viz fit|validate|test|predict ...`` is LightningCLI; ``lightning-viz render <viz-dir>`` and
+    ``lightning-viz report <viz-dir>`` work on the files of a finished (or crashed) run.
 
     Args:
         args: command-line arguments (default: ``sys.argv[1:]``).
     """
+    import importlib
+    import sys
+
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    if argv and argv[0] in TOOLS:
+        module = importlib.import_module(TOOLS[argv[0]][0])
+        raise SystemExit(module.main(argv[1:]))
     build_cli(args)
 
 

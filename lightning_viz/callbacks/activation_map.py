@@ -442,15 +442,19 @@ class ActivationMapCallback(VizCallback):
     # ------------------------------------------------------------------ record and emit
     def _record(self, trainer: Trainer, step: int, sums: np.ndarray, x: Any, pictures: dict) -> None:
         scalars: dict[str, float] = {}
+        published: dict[str, Any] = {"_types": {}}
         for name, row in zip(self.layer_names, sums):
             module = self._modules.get(name)
             stats = stats_from_sums(row, module is not None and saturation_bounds(module) is not None)
+            published[name] = dict(stats)
+            published["_types"][name] = type(module).__name__ if module is not None else "?"
             hist = self.history.setdefault(name, {"step": [], **{k: [] for k in STATS}})
             hist["step"].append(step)
             for k, v in stats.items():
                 hist[k].append(v)
                 if math.isfinite(v):
                     scalars[f"activation/{name}/{k}"] = v
+        self.publish(trainer, "activation_stats", step, published)
         self.emit_scalars(trainer, scalars, step)
         if not self.emitting(trainer):
             return

@@ -229,6 +229,7 @@ class WeightHistogramCallback(VizCallback):
                 )
                 return
             self._record(hs, step)
+            self.publish(trainer, "histograms", step, hs)
             self._emit_step(trainer, hs, step)
 
     def _record(self, hs: stats.HistogramSet, step: int) -> None:

@@ -100,6 +100,21 @@ class VizCallback(Callback):
                 f"(epoch {trainer.current_epoch}): {err!r}. Training continues; this warning is shown once.",
             )
 
+    # ------------------------------------------------------------------ sharing captures
+    def publish(self, trainer: Trainer, kind: str, step: int, payload: Any) -> None:
+        """Hand a reduced record to every other callback that defines ``on_viz_record``.
+
+        Called on every rank with data that is already reduced (identical on all ranks), so listeners such
+        as a health check can reuse a capture instead of computing it again, and can take decisions that
+        agree across ranks. Kinds: ``"histograms"`` (a :class:`~lightning_viz.core.stats.HistogramSet` of
+        ``weights/<param>`` and ``gradients/<param>``), ``"activation_stats"`` (``{layer: {stat: value}}``
+        plus ``"_types": {layer: module class name}``).
+        """
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            listener = getattr(cb, "on_viz_record", None)
+            if cb is not self and callable(listener):
+                listener(trainer, self, kind, step, payload)
+
     # ------------------------------------------------------------------ emission (rank zero only)
     def emitting(self, trainer: Trainer) -> bool:
         return distributed.is_emitter(trainer) and bool(self._sinks)
