@@ -6,6 +6,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from example_projects.common import seeded_loader
+
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 digits as ``(images, labels)``: float images ``(N, 1, 8, 8)`` scaled to ``[0, 1]``, int64 labels."""
@@ -65,16 +67,13 @@ class DigitsDataModule(LightningDataModule):
         self.val_set = TensorDataset(images[val_idx], labels[val_idx])
 
     def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("DigitsDataModule.setup() must run before its dataloaders are requested")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
+        return seeded_loader(
             dataset,
+            owner="DigitsDataModule",
             batch_size=self.batch_size,
             shuffle=shuffle,
-            generator=generator,
+            seed=self.seed,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

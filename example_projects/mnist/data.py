@@ -8,6 +8,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from example_projects.common import seeded_loader
+
 OFFLINE_HINT = "use configs/quickstart.yaml (scikit-learn digits, works offline) instead"
 
 
@@ -94,16 +96,13 @@ class MNISTDataModule(LightningDataModule):
         self.test_set = self._dataset(train=False, download=False)
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("MNISTDataModule.setup() must run before its dataloaders are requested")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
+        return seeded_loader(
             dataset,
+            owner="MNISTDataModule",
             batch_size=self.batch_size,
             shuffle=shuffle,
-            generator=generator,
+            seed=self.seed,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
