@@ -199,6 +199,11 @@ def main() -> None:
         "log_dir": trainer.log_dir,
     }
     (out / f"result_rank{trainer.global_rank}.json").write_text(json.dumps(result, indent=1))
+    # Processes started by hand (the multi-node test) own their process group: tear it down before exit,
+    # or gloo's threads may be destroyed while joinable ("terminate called without an active exception").
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
