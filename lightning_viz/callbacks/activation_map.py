@@ -10,6 +10,7 @@ the feature-map grids, the heatmaps and the statistics over training.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -22,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from lightning_viz.core import distributed
@@ -36,6 +38,7 @@ CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
 STATS = ("mean", "std", "dead_fraction", "saturated_fraction")
 STATE_KEYS = ("sample_indices", "history", "last_step")
+HISTORY_STATS = (*STATS, "nonfinite")
 HEATMAP_ROWS, HEATMAP_COLS = 64, 128
 
 
@@ -60,11 +63,22 @@ def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
 
 
 def output_sums(a: torch.Tensor, bounds: tuple[float, float] | None, threshold: float) -> torch.Tensor:
-    """Six float64 sums on ``a``'s device: count, sum, centred sum of squares, count x mean^2, zeros, saturated.
+    """Seven float64 sums on ``a``'s device, over the finite values: count, sum, centred sum of squares,
+    count x mean^2, exact zeros, saturated values; and the count of NaN/Inf values.
 
     Summed over ranks (and over repeated calls of one module) they give the pooled statistics exactly.
+    Integer and bool tensors are counted as floats.
     """
+    if not a.is_floating_point():
+        a = a.float()
+    fin = torch.isfinite(a)
+    bad = a.numel() - int(fin.sum())  # one host sync per layer; captures are rare
+    if bad:
+        a = a[fin]
+    nonfinite = torch.tensor(float(bad), dtype=torch.float64, device=a.device)
     n = a.numel()
+    if n == 0:
+        return torch.cat([torch.zeros(6, dtype=torch.float64, device=a.device), nonfinite[None]])
     mean = a.mean(dtype=torch.float64)
     m2 = (a - mean.to(a.dtype)).square_().sum(dtype=torch.float64)
     zeros = (a == 0).sum().to(torch.float64)
@@ -73,13 +87,14 @@ def output_sums(a: torch.Tensor, bounds: tuple[float, float] | None, threshold: 
         centre, half = (bounds[0] + bounds[1]) / 2, (bounds[1] - bounds[0]) / 2
         sat = ((a - centre).abs_() >= threshold * half).sum().to(torch.float64)
     count = torch.tensor(float(n), dtype=torch.float64, device=a.device)
-    return torch.stack([count, mean * n, m2, mean * mean * n, zeros, sat])
+    return torch.stack([count, mean * n, m2, mean * mean * n, zeros, sat, nonfinite])
 
 
 def stats_from_sums(sums: Sequence[float], bounded: bool) -> dict[str, float]:
-    """Mean, population std, dead (exact-zero) fraction and saturated fraction (NaN unless ``bounded``)."""
-    n, s, m2, q, zeros, sat = (float(v) for v in sums)
-    if n <= 0:  # the layer did not run in this forward
+    """Mean, population std, dead (exact-zero) fraction and saturated fraction (NaN unless ``bounded``)
+    of the finite values, from :func:`output_sums` (a seventh entry, the non-finite count, is ignored)."""
+    n, s, m2, q, zeros, sat = (float(v) for v in list(sums)[:6])
+    if n <= 0:  # the layer did not run in this forward, or it output no finite value
         return dict.fromkeys(STATS, math.nan)
     var = max((m2 + q - s * s / n) / n, 0.0)
     return {
@@ -88,6 +103,35 @@ def stats_from_sums(sums: Sequence[float], bounded: bool) -> dict[str, float]:
         "dead_fraction": zeros / n,
         "saturated_fraction": sat / n if bounded else math.nan,
     }
+
+
+NSUMS = 7
+
+
+def stat_view(t: torch.Tensor) -> torch.Tensor:
+    """A captured output as the statistics see it: detached; int, bool and half-precision as float32."""
+    a = t.detach()
+    return a.float() if not a.is_floating_point() or a.element_size() < 4 else a
+
+
+def first_tensor(output: Any, depth: int = 0) -> torch.Tensor | None:
+    """The tensor a hooked module's output stands for: the output itself, ``PackedSequence.data``, or the
+    first tensor found in a tuple, list, dict (in order) or dataclass; ``None`` when there is none."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if depth > 3 or output is None:
+        return None
+    if isinstance(output, PackedSequence):
+        return output.data
+    if isinstance(output, Mapping):
+        items: Any = output.values()
+    elif isinstance(output, (tuple, list)):
+        items = output
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        items = (getattr(output, f.name) for f in dataclasses.fields(output))
+    else:
+        return None
+    return next((t for t in (first_tensor(o, depth + 1) for o in items) if t is not None), None)
 
 
 def rank_channels(per_channel: torch.Tensor, order: str, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -121,6 +165,7 @@ def feature_record(name: str, module: nn.Module, a: torch.Tensor, i: int, k: int
         "total_channels": int(ex.shape[0]),
         "order": order,
         "note": note,
+        "nonfinite": int(np.count_nonzero(~np.isfinite(maps.float().cpu().numpy()))),
     }
 
 
@@ -147,10 +192,11 @@ def heatmap_record(name: str, module: nn.Module, a: torch.Tensor, i: int, k: int
     return {
         "name": name,
         "kind": type(module).__name__,
-        "values": values[:, :HEATMAP_COLS].float().cpu().numpy(),
+        "values": (shown := values[:, :HEATMAP_COLS].float().cpu().numpy()),
         "rows": rows,
         "cols": cols,
         "note": ", ".join(notes),
+        "nonfinite": int(np.count_nonzero(~np.isfinite(shown))),
     }
 
 
@@ -371,22 +417,19 @@ class ActivationMapCallback(VizCallback):
 
     # ------------------------------------------------------------------ capture (every rank)
     def _on_output(self, name: str, module: nn.Module, output: Any) -> None:
-        t = output if isinstance(output, torch.Tensor) else None
-        if t is None and isinstance(output, (tuple, list)):
-            t = next((o for o in output if isinstance(o, torch.Tensor)), None)
-        if t is None or not t.is_floating_point() or t.numel() == 0:
+        t = first_tensor(output)
+        if t is None or t.numel() == 0 or t.is_complex():
+            what = type(output).__name__ + ("" if t is None else f" of shape {tuple(t.shape)}, {t.dtype}")
             warn_once(
                 ("ActivationMapCallback", "skip", name),
-                f"ActivationMapCallback: layer {name!r} is skipped: its output is {type(output).__name__}"
-                f"{'' if t is None else f' of dtype {t.dtype} and shape {tuple(t.shape)}'}, not a float tensor.",
+                f"ActivationMapCallback: layer {name!r} is skipped: its output ({what}) holds no real, "
+                "non-empty tensor.",
             )
             return
-        a = t.detach()
-        if a.element_size() < 4:  # half precision: the statistics are computed in float32
-            a = a.float()
+        a = stat_view(t)
         vec = output_sums(a, saturation_bounds(module), self.saturation_threshold)
         self._acc[name] = self._acc[name] + vec if name in self._acc else vec
-        if self._pictures is not None and name not in self._pictures:
+        if self._pictures is not None and name not in self._pictures and a.ndim >= 2:
             args = (name, module, a, min(self.sample_index, a.shape[0] - 1), self.max_channels)
             image_like = a.ndim in (4, 5)
             rec = (
@@ -429,7 +472,7 @@ class ActivationMapCallback(VizCallback):
             )
         acc, pictures, self._acc, self._pictures = self._acc, self._pictures or {}, {}, None
         dev = next((v.device for v in acc.values()), pl_module.device)
-        sums = torch.zeros(len(self.layer_names), 6, dtype=torch.float64, device=dev)
+        sums = torch.zeros(len(self.layer_names), NSUMS, dtype=torch.float64, device=dev)
         if not failed:
             for row, name in enumerate(self.layer_names):
                 if name in acc:
@@ -442,18 +485,34 @@ class ActivationMapCallback(VizCallback):
     # ------------------------------------------------------------------ record and emit
     def _record(self, trainer: Trainer, step: int, sums: np.ndarray, x: Any, pictures: dict) -> None:
         scalars: dict[str, float] = {}
+        nonfinite: list[tuple[str, int]] = []
         published: dict[str, Any] = {"_types": {}}
         for name, row in zip(self.layer_names, sums):
             module = self._modules.get(name)
             stats = stats_from_sums(row, module is not None and saturation_bounds(module) is not None)
             published[name] = dict(stats)
             published["_types"][name] = type(module).__name__ if module is not None else "?"
-            hist = self.history.setdefault(name, {"step": [], **{k: [] for k in STATS}})
+            hist = self.history.setdefault(name, {"step": [], **{k: [] for k in HISTORY_STATS}})
+            hist.setdefault("nonfinite", [0] * len(hist["step"]))
             hist["step"].append(step)
             for k, v in stats.items():
                 hist[k].append(v)
                 if math.isfinite(v):
                     scalars[f"activation/{name}/{k}"] = v
+            bad = int(row[6]) if len(row) > 6 else 0
+            hist["nonfinite"].append(bad)
+            if bad:
+                scalars[f"activation/{name}/nonfinite"] = float(bad)
+                nonfinite.append((name, bad))
+        if nonfinite:
+            name, bad = nonfinite[0]
+            warn_once(
+                ("ActivationMapCallback", "nonfinite"),
+                f"ActivationMapCallback: NaN/Inf activations first seen at step {step} in layer {name!r} "
+                f"({bad} values); layers affected at that step: {[n for n, _ in nonfinite]}. Statistics "
+                "cover the finite values; the counts are logged as `activation/<layer>/nonfinite` and "
+                "marked on the figures. This warning is shown once.",
+            )
         self.publish(trainer, "activation_stats", step, published)
         self.emit_scalars(trainer, scalars, step)
         if not self.emitting(trainer):
@@ -466,6 +525,8 @@ class ActivationMapCallback(VizCallback):
             arrays["layer_names"] = np.array([m["name"] for m in maps])
             if image is not None:
                 arrays["input"] = image
+            for key in ("kind", "total_channels", "order", "note", "nonfinite"):  # enough to redraw
+                arrays[f"layer_{key}"] = np.array([m[key] for m in maps])
             for j, m in enumerate(maps):
                 arrays.update({f"{key}_{j}": m[key] for key in ("maps", "channels", "scores")})
             self._emit(trainer, render_feature_maps, data, "maps", step_stem("maps", step), step, arrays)
@@ -508,5 +569,16 @@ class ActivationMapCallback(VizCallback):
         elif indices is not None:
             self.sample_indices, self._sample = [int(i) for i in indices], None
         history: Mapping[str, Mapping[str, Sequence[float]]] = state_dict.get("history") or {}
-        self.history = {n: {k: list(h.get(k, [])) for k in ("step", *STATS)} for n, h in history.items()}
+        self.history = {}
+        for n, h in history.items():
+            steps = list(h.get("step", []))
+            # an older state has no `nonfinite` list; a missing statistic is NaN at each step
+            fill = {"nonfinite": 0}
+            self.history[n] = {
+                "step": steps,
+                **{
+                    k: list(h[k]) if len(h.get(k, [])) == len(steps) else [fill.get(k, math.nan)] * len(steps)
+                    for k in HISTORY_STATS
+                },
+            }
         self.last_step = int(state_dict.get("last_step", self.last_step))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections import Counter
+from difflib import get_close_matches
 from typing import Any, Literal
 
 import torch
@@ -99,6 +100,7 @@ class CurvePlotCallback(VizCallback):
         if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
             raise ValueError(f"`smoothing` must be a number in [0, 1) (0 = no smoothing); got {smoothing!r}")
         check_int("every_n_steps", every_n_steps, 1, optional=True)
+        self._check_patterns = panels is not None  # the default panels may match nothing, silently
         panels = dict(DEFAULT_PANELS if panels is None else panels)
         for title, patterns in panels.items():
             if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) for p in patterns):
@@ -123,6 +125,7 @@ class CurvePlotCallback(VizCallback):
         self._lr_key: tuple[int, ...] = ()
         self._version = 0
         self._drawn_version = 0
+        self._panels_checked = False
 
     # ------------------------------------------------------------------ recording
     def _should_record_step(self, trainer: Trainer) -> bool:
@@ -233,6 +236,12 @@ class CurvePlotCallback(VizCallback):
         self._draw(trainer)
         super().on_fit_end(trainer, pl_module)
 
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # Draw what was recorded up to the failure, then flush every pending figure to disk.
+        with self.guard(trainer, "drawing after the training loop failed"):
+            self._draw(trainer)
+        super().on_exception(trainer, pl_module, exception)
+
     # ------------------------------------------------------------------ drawing
     def mode_for(self, name: str) -> Mode | None:
         """``"min"``/``"max"`` for the best point of a metric, ``None`` for learning rates."""
@@ -291,7 +300,39 @@ class CurvePlotCallback(VizCallback):
                 step=trainer.global_step,
                 save_data=False,
             )
-            self.emit_data(trainer, "curves", data)
+            self.emit_data(trainer, "curves", {**data, "figure": stem})  # `lightning-viz render` redraws it
+            self._check_panels(trainer)
+
+    def _check_panels(self, trainer: Trainer) -> None:
+        """After the first training epoch, one warning naming the patterns of user-set ``panels`` that
+        matched no logged metric, against the names that were logged."""
+        if self._panels_checked or trainer.sanity_checking or not self._check_patterns:
+            return
+        self._panels_checked = True
+        names = sorted(self.history)
+        unmatched = [
+            f"{title}: {p!r}"
+            for title, patterns in self.panels.items()
+            for p in patterns
+            if not any(_matches(n, [p]) for n in names)
+            and not (p.lower().startswith("lr") and not self.log_lr)
+        ]
+        if not unmatched or not names:
+            return
+        closest = sorted(
+            {
+                c
+                for u in unmatched
+                for c in get_close_matches(u.split(": ", 1)[1].strip("'*"), names, n=3, cutoff=0.3)
+            }
+        )
+        warn_once(
+            (type(self).__name__, "panels"),
+            f"{type(self).__name__}: after the first epoch, these `panels` patterns match no logged metric: "
+            f"{unmatched}. Logged metrics: {names}"
+            + (f"; closest: {closest}" if closest else "")
+            + ". Patterns are case-insensitive globs over the logged names (e.g. '*loss*').",
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

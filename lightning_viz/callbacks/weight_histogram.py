@@ -204,6 +204,12 @@ class WeightHistogramCallback(VizCallback):
         self._draw(trainer)
         super().on_fit_end(trainer, pl_module)
 
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # Draw what was recorded up to the failure, then flush every pending figure to disk.
+        with self.guard(trainer, "drawing after the training loop failed"):
+            self._draw(trainer)
+        super().on_exception(trainer, pl_module, exception)
+
     # ------------------------------------------------------------------ capture -> reduce -> emit
     def _capture(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         """Every rank, same order: one ``histogram_set`` call (two collectives when distributed)."""
@@ -229,6 +235,7 @@ class WeightHistogramCallback(VizCallback):
                 )
                 return
             self._record(hs, step)
+            self._report_nonfinite(hs, step)
             self.publish(trainer, "histograms", step, hs)
             self._emit_step(trainer, hs, step)
 
@@ -248,6 +255,21 @@ class WeightHistogramCallback(VizCallback):
             }
             _append(self._history[sel].setdefault(name, _new_series()), snap, self.max_history)
         self._version += 1
+
+    def _report_nonfinite(self, hs: stats.HistogramSet, step: int) -> None:
+        """One warning per run: the first parameter (weights, then gradients, in model order) and step with
+        NaN/Inf values, and every parameter affected at that step."""
+        bad = [(tag, int(n)) for tag, n in zip(hs.names, hs.nonfinite) if n > 0]
+        if not bad:
+            return
+        tag, n = bad[0]
+        warn_once(
+            (type(self).__name__, "nonfinite"),
+            f"{type(self).__name__}: NaN/Inf values first seen at step {step} in {tag} ({n:,} values); "
+            f"affected at that step: {[t for t, _ in bad]}. They are counted per parameter "
+            "(`nonfinite/...` scalars, red marks on the evolution figures); the histograms cover the finite "
+            "values. This warning is shown once.",
+        )
 
     def _emit_step(self, trainer: Trainer, hs: stats.HistogramSet, step: int) -> None:
         if not self.emitting(trainer):

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from lightning_viz.core import distributed, writer
 from lightning_viz.core.sinks import FileSink, Sink, fan_out, make_sinks
-from lightning_viz.core.warn import warn_once
+from lightning_viz.core.warn import warn_if_state_missing, warn_once
 from lightning_viz.render._figure import close_figure, png_bytes, to_rgba
 
 WhenFull = Literal["wait", "drop_oldest"]
@@ -78,7 +78,16 @@ class VizCallback(Callback):
         log_dir = trainer.log_dir or trainer.default_root_dir
         self.viz_dir = Path(self.output_dir) if self.output_dir else Path(log_dir) / "viz" / self.viz_name
         self._sinks = make_sinks(trainer.loggers, self.viz_dir) if distributed.is_emitter(trainer) else []
+        # An unwritable output directory drops the file sink (one warning); the loggers still receive.
+        self._sinks = writer.drop_unwritable_files(self._sinks, self.viz_dir, type(self).__name__)
         self.check_setup(trainer, pl_module, stage)
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning skips load_state_dict silently when the checkpoint has no state for this callback.
+        if self.state_dict():
+            warn_if_state_missing(self, checkpoint)
 
     def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Validate what depends on the model (layer patterns, sample sizes); raise ``ValueError``."""

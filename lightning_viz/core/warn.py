@@ -30,3 +30,20 @@ def reset_warnings() -> None:
     """Forget which warnings were shown (tests use this)."""
     with _lock:
         _seen.clear()
+
+
+def warn_if_state_missing(callback: object, checkpoint: dict) -> bool:
+    """Warn once when a checkpoint being loaded holds no state for ``callback`` (written without it, or by
+    a version whose ``state_key`` differs); the callback then starts afresh. Returns whether it warned."""
+    states = checkpoint.get("callbacks") if isinstance(checkpoint, dict) else None
+    key = getattr(callback, "state_key", None)
+    if isinstance(states, dict) and key in states:
+        return False
+    name = type(callback).__name__
+    similar = [str(k) for k in (states or {}) if str(k).startswith(name)]
+    found = f"it holds state for {similar} instead" if similar else "it holds no lightning-viz state"
+    return warn_once(
+        ("state-missing", name, key),
+        f"{name}: the checkpoint has no state under {key!r} ({found}); this callback's history starts "
+        "afresh from the resumed step. Training resumes normally.",
+    )

@@ -77,6 +77,49 @@ def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def unwritable_reason(directory: str | os.PathLike) -> str | None:
+    """Why files cannot be written under ``directory`` (created if missing), or ``None`` when they can.
+
+    Creates the directory and writes and removes one temporary file, so a read-only parent, a file in
+    the way of a directory, a full disk or missing permissions are found before training, not per file.
+    """
+    try:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".lightning-viz-probe.", suffix=".tmp")
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}" + (f" ({err.filename})" if err.filename else "")
+    return None
+
+
+def drop_unwritable_files(sinks: list, directory: Any, owner: str) -> list:
+    """``sinks`` without the file sink when ``directory`` is not writable, with one warning per directory.
+
+    The other sinks (TensorBoard, W&B, MLflow, ...) still receive every figure, histogram and scalar.
+    """
+    if directory is None or not sinks:
+        return sinks
+    reason = unwritable_reason(directory)
+    if reason is None:
+        return sinks
+    from lightning_viz.core.sinks import FileSink  # sinks imports this module
+
+    kept = [s for s in sinks if not isinstance(s, FileSink)]
+    others = ", ".join(getattr(s, "name", type(s).__name__) for s in kept) or "none attached"
+    warn_once(
+        ("unwritable", str(directory)),
+        f"{owner}: cannot write to the output directory {str(directory)!r} ({reason}); its files (PNG, "
+        f"JSON, NPZ) are skipped for this run. Other destinations still receive everything ({others}); "
+        "training continues. Set `output_dir` to a writable folder.",
+    )
+    return kept
+
+
 class BackgroundWriter:
     """One daemon thread that runs submitted jobs in order."""
 

@@ -30,6 +30,7 @@ ORDER_WORDS = {
     "variance": "highest variance",
     "first": "first channels",
 }
+NONFINITE_COLOR = "#ff00ff"  # NaN/Inf cells of maps and heatmaps
 GRID_PAD = 1
 PAD_VALUE = 2.0  # drawn in white: above the colour map's range
 
@@ -47,6 +48,13 @@ def _show_input(ax: Axes, image: np.ndarray, sample_index: int) -> None:
     ax.set_yticks([])
 
 
+def _title_with_nonfinite(ax: Axes, title: str, nonfinite: int) -> None:
+    """The axes title; with NaN/Inf values shown, a red note on how many (drawn in NONFINITE_COLOR)."""
+    if nonfinite > 0:
+        title += f"\n{nonfinite:,} NaN/Inf values shown in magenta"
+    ax.set_title(title, fontsize=9, color="red" if nonfinite > 0 else "black")
+
+
 def feature_grid(maps: np.ndarray) -> tuple[np.ndarray, int]:
     """Tile ``[K, H, W]`` maps with ``torchvision.utils.make_grid``, each channel scaled to [0, 1] on its own.
 
@@ -56,8 +64,18 @@ def feature_grid(maps: np.ndarray) -> tuple[np.ndarray, int]:
     """
     k = int(maps.shape[0])
     nrow = max(1, math.ceil(math.sqrt(k)))
-    tiles = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-    grid = make_grid(tiles, nrow=nrow, padding=GRID_PAD, normalize=True, scale_each=True, pad_value=PAD_VALUE)
+    tiles = np.array(maps, dtype=np.float32, copy=True)
+    if not np.isfinite(tiles).all():  # scale on the finite values; NaN/Inf stay NaN (drawn as "bad")
+        tiles[~np.isfinite(tiles)] = np.nan
+        for tile in tiles:
+            ok = np.isfinite(tile)
+            lo, hi = (float(tile[ok].min()), float(tile[ok].max())) if ok.any() else (0.0, 1.0)
+            tile -= lo
+            tile /= max(hi - lo, 1e-5)
+        grid = make_grid(torch.from_numpy(tiles)[:, None], nrow=nrow, padding=GRID_PAD, pad_value=PAD_VALUE)
+        return grid[0].numpy(), nrow
+    t = torch.from_numpy(tiles)[:, None]
+    grid = make_grid(t, nrow=nrow, padding=GRID_PAD, normalize=True, scale_each=True, pad_value=PAD_VALUE)
     return grid[0].numpy(), nrow
 
 
@@ -89,7 +107,7 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
         ax = fig.add_subplot(gs[row, col])
         maps = np.asarray(layer["maps"])
         grid, nrow = feature_grid(maps)
-        cmap = matplotlib.colormaps["viridis"].with_extremes(over="white")
+        cmap = matplotlib.colormaps["viridis"].with_extremes(over="white", bad=NONFINITE_COLOR)
         ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
         h, w = maps.shape[1] + GRID_PAD, maps.shape[2] + GRID_PAD
         for i, ch in enumerate(np.asarray(layer["channels"]).tolist()):
@@ -111,7 +129,7 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
         )
         if layer.get("note"):
             title += f"\n{layer['note']}"
-        ax.set_title(title, fontsize=9)
+        _title_with_nonfinite(ax, title, int(layer.get("nonfinite", 0) or 0))
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"Feature maps at step {data.get('step', '?')} (each channel scaled to its own range)")
@@ -134,16 +152,19 @@ def render_heatmaps(data: Mapping[str, Any]) -> Figure:
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     for ax, layer in zip(axes, layers):
         values = np.asarray(layer["values"], dtype=np.float32)
-        lim = float(np.nanmax(np.abs(values))) if values.size else 1.0
+        finite = values[np.isfinite(values)]
+        lim = float(np.abs(finite).max()) if finite.size else 1.0
         lim = lim if lim > 0 and math.isfinite(lim) else 1.0
-        im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        shown = np.where(np.isfinite(values), values, np.nan)
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=NONFINITE_COLOR)
+        im = ax.imshow(shown, aspect="auto", cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.9)
         ax.set_ylabel(str(layer["rows"]))
         ax.set_xlabel(str(layer["cols"]))
         title = f"{layer['name']} ({layer['kind']})"
         if layer.get("note"):
             title += f": {layer['note']}"
-        ax.set_title(title, fontsize=9)
+        _title_with_nonfinite(ax, title, int(layer.get("nonfinite", 0) or 0))
     fig.suptitle(f"Activations at step {data.get('step', '?')}")
     return fig
 
@@ -178,6 +199,35 @@ def render_activation_stats(data: Mapping[str, Any]) -> Figure:
             ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", color="gray")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
+    bad_steps = sorted(
+        {
+            float(s)
+            for hist in layers.values()
+            for s, n in zip(hist["step"], hist.get("nonfinite", []))
+            if n and float(n) > 0
+        }
+    )
+    if bad_steps:  # steps with NaN/Inf activations: shaded red, the statistics cover the finite values
+        firsts = [
+            (next(float(s) for s, n in zip(h["step"], h.get("nonfinite", [])) if n and float(n) > 0), name)
+            for name, h in layers.items()
+            if any(n and float(n) > 0 for n in h.get("nonfinite", []))
+        ]
+        first_step, first_layer = min(firsts)
+        for ax in axes:
+            for s in bad_steps:
+                ax.axvspan(s - 0.5, s + 0.5, color="red", alpha=0.2, lw=0)
+        axes[0].text(
+            0.02,
+            0.97,
+            f"NaN/Inf activations at {len(bad_steps)} step(s), first in {first_layer} at step {first_step:g}"
+            " (statistics of the finite values)",
+            transform=axes[0].transAxes,
+            va="top",
+            fontsize=7,
+            color="red",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "red", "pad": 1.5},
+        )
     for ax in axes[2:]:
         ax.set_xlabel("global step")
     if layers:
