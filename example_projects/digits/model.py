@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 Activation = Literal["relu", "tanh", "sigmoid"]
 Optimizer = Literal["adam", "sgd"]
@@ -106,6 +106,8 @@ class DigitsClassifier(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=NUM_CLASSES)
         self.val_acc = MulticlassAccuracy(num_classes=NUM_CLASSES)
         self.test_acc = MulticlassAccuracy(num_classes=NUM_CLASSES)
+        # Drawn by MetricPlotCallback (configs/metric_plot.yaml); torchmetrics syncs it across ranks.
+        self.val_confmat = MulticlassConfusionMatrix(num_classes=NUM_CLASSES)
         self.example_input_array = torch.zeros(2, 1, input_size, input_size)
 
     @torch.no_grad()
@@ -138,6 +140,8 @@ class DigitsClassifier(LightningModule):
         loss = nn.functional.cross_entropy(logits, y)
         metric = getattr(self, f"{stage}_acc")
         metric(logits, y)
+        if stage == "val":
+            self.val_confmat.update(logits, y)
         on_step = stage == "train"
         self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log(

@@ -3,13 +3,29 @@
 The rest of the package never asks which logger is attached: it calls :func:`make_sinks` in ``setup`` and
 hands every output to each sink. A sink that raises is reported once and the other sinks still receive.
 
-* :class:`FileSink` writes PNG files, the data behind each figure (JSON / NPZ) and text, atomically.
-* :class:`TensorBoardSink` sends images, native histograms, text and scalars to a ``TensorBoardLogger``.
+* :class:`FileSink` writes PNG files, the data behind each figure (JSON / NPZ) and text, atomically. It is
+  always there: with no logger at all, the files are the whole output.
+* :class:`TensorBoardSink`: images, native histograms, text and scalars through a ``TensorBoardLogger``.
+* :class:`WandbSink`: ``wandb.Image``, ``wandb.Histogram``, ``wandb.Html`` and scalars through a
+  ``WandbLogger``, all against its ``trainer/global_step`` axis.
+* :class:`MLflowSink`: images with ``MlflowClient.log_image(key=..., step=...)`` (MLflow's step slider),
+  text as an artifact and scalars as metrics through an ``MLFlowLogger``.
+* :class:`CSVSink`: the PNG files are already on disk; histogram statistics go to ``statistics.csv``
+  beside them and scalars to the ``CSVLogger``'s ``metrics.csv``.
 * :class:`LoggerSink` sends scalars (and images, when the logger has ``log_image``) to any other logger.
+
+Loggers are recognised by class name in their MRO (``lightning.pytorch.loggers`` and the older
+``pytorch_lightning.loggers`` alike, subclasses included), so nothing here imports wandb or mlflow unless
+such a logger is attached. When one is attached but its package is missing, a warning names the extra to
+install (``pip install 'lightning-viz[wandb]'``) and that logger receives scalars only.
 """
 
 from __future__ import annotations
 
+import csv
+import importlib
+import re
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,15 +129,139 @@ class TensorBoardSink(LoggerSink):
         self.logger.experiment.add_text(tag, "```\n" + text + "\n```", global_step=step)
 
 
-def make_sinks(loggers: Sequence[Any], root: str | Path) -> list[Sink]:
-    """The file sink plus one adapter per attached logger."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+class WandbSink(LoggerSink):
+    """Figures as ``wandb.Image``, native ``wandb.Histogram``, text as ``wandb.Html``, scalars as metrics.
 
+    Every row carries ``trainer/global_step``, the step axis ``WandbLogger`` defines, so pictures line up
+    with the metrics Lightning logs (W&B's own ``_step`` counter is left alone).
+    """
+
+    def __init__(self, logger: Any) -> None:
+        super().__init__(logger)
+        self.wandb = importlib.import_module("wandb")
+
+    def _log(self, row: dict[str, Any], step: int) -> None:
+        self.logger.experiment.log({**row, "trainer/global_step": step})
+
+    def figure(self, tag: str, rgba: np.ndarray, png: bytes, step: int, stem: str) -> None:
+        self._log({tag: self.wandb.Image(np.ascontiguousarray(rgba[..., :3]), caption=stem)}, step)
+
+    def histogram(
+        self, tag: str, edges: np.ndarray, counts: np.ndarray, stats: Mapping[str, float], step: int
+    ) -> None:
+        if float(np.sum(counts)) <= 0:
+            return
+        hist = self.wandb.Histogram(np_histogram=(np.asarray(counts, float), np.asarray(edges, float)))
+        self._log({tag: hist}, step)
+
+    def text(self, tag: str, text: str, step: int, stem: str) -> None:
+        import html
+
+        self._log({tag: self.wandb.Html(f"<pre>{html.escape(text)}</pre>", inject=False)}, step)
+
+
+_MLFLOW_KEY = re.compile(r"[^a-zA-Z0-9_\-./ ]")
+
+
+class MLflowSink(LoggerSink):
+    """Figures with ``log_image(key=tag, step=step)`` (MLflow's image-per-step view), text as an artifact
+    ``viz/<stem>.txt``, scalars as metrics; histograms have no MLflow counterpart (the evolution figures
+    carry them)."""
+
+    def __init__(self, logger: Any) -> None:
+        super().__init__(logger)
+        importlib.import_module("mlflow")
+
+    def figure(self, tag: str, rgba: np.ndarray, png: bytes, step: int, stem: str) -> None:
+        client, run_id = self.logger.experiment, self.logger.run_id
+        key = _MLFLOW_KEY.sub("_", tag)
+        try:
+            client.log_image(
+                run_id, np.ascontiguousarray(rgba[..., :3]), key=key, step=step, synchronous=True
+            )
+        except TypeError:  # MLflow < 2.12: no per-step images; keep one file per figure
+            client.log_image(run_id, np.ascontiguousarray(rgba[..., :3]), artifact_file=f"viz/{stem}.png")
+
+    def text(self, tag: str, text: str, step: int, stem: str) -> None:
+        self.logger.experiment.log_text(self.logger.run_id, text, f"viz/{stem}.txt")
+
+
+class CSVSink(LoggerSink):
+    """Scalars to the ``CSVLogger`` (its ``metrics.csv``); one row per histogram to ``statistics.csv``
+    beside the figures: step, tag, count, min, max, mean, std, non-finite count. The figures themselves are
+    the PNG files the :class:`FileSink` writes."""
+
+    COLUMNS = ("step", "tag", "count", "min", "max", "mean", "std", "nonfinite")
+
+    def __init__(self, logger: Any, root: str | Path) -> None:
+        super().__init__(logger)
+        self.path = Path(root) / "statistics.csv"
+        self._lock = threading.Lock()
+
+    def histogram(
+        self, tag: str, edges: np.ndarray, counts: np.ndarray, stats: Mapping[str, float], step: int
+    ) -> None:
+        num = float(np.sum(counts))
+        mean = float(stats["sum"]) / num if num > 0 else float("nan")
+        var = float(stats["sum_squares"]) / num - mean * mean if num > 0 else float("nan")
+        row = [step, tag, int(num), stats.get("min"), stats.get("max"), mean, max(var, 0.0) ** 0.5]
+        row.append(int(stats.get("nonfinite", 0) or 0))
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
+            with self.path.open("a", newline="") as fh:
+                out = csv.writer(fh)
+                if new:
+                    out.writerow(self.COLUMNS)
+                out.writerow(row)
+
+
+# logger class name (anywhere in the MRO) -> kind; kinds that need a package name it and its extra
+_KINDS = {
+    "TensorBoardLogger": "tensorboard",
+    "WandbLogger": "wandb",
+    "MLFlowLogger": "mlflow",
+    "CSVLogger": "csv",
+}
+EXTRAS = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}  # kind -> (module, extra)
+
+
+def logger_kind(logger: Any) -> str:
+    """``"tensorboard"``, ``"wandb"``, ``"mlflow"``, ``"csv"`` or ``"other"``, from the logger's class MRO."""
+    for cls in type(logger).__mro__:
+        if cls.__name__ in _KINDS and cls.__module__.split(".")[0] in {"lightning", "pytorch_lightning"}:
+            return _KINDS[cls.__name__]
+    return "other"
+
+
+def missing_extra_message(logger: Any, module: str, extra: str) -> str:
+    """The warning shown when ``logger`` is attached but ``module`` (installed by ``extra``) is missing."""
+    return (
+        f"lightning-viz: {type(logger).__name__} is attached but the `{module}` package is not installed, so "
+        f"it receives scalars only (no images, histograms or text). Install it with: "
+        f"pip install 'lightning-viz[{extra}]'"
+    )
+
+
+def make_sinks(loggers: Sequence[Any], root: str | Path) -> list[Sink]:
+    """The file sink plus one adapter per attached logger, chosen once here (no logger: files only)."""
     sinks: list[Sink] = [FileSink(root)]
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            sinks.append(TensorBoardSink(logger))
-        else:
+        kind = logger_kind(logger)
+        try:
+            if kind == "tensorboard":
+                sinks.append(TensorBoardSink(logger))
+            elif kind == "wandb":
+                sinks.append(WandbSink(logger))
+            elif kind == "mlflow":
+                sinks.append(MLflowSink(logger))
+            elif kind == "csv":
+                sinks.append(CSVSink(logger, root))
+            else:
+                sinks.append(LoggerSink(logger))
+        except ImportError:
+            module, extra = EXTRAS[kind]
+            warn_once(("missing-extra", type(logger).__name__), missing_extra_message(logger, module, extra))
             sinks.append(LoggerSink(logger))
     return sinks
 
@@ -135,7 +275,7 @@ def fan_out(
             getattr(sink, method)(*args, **kwargs)
         except Exception as err:
             warn_once(
-                (owner, sink.name, method, type(err).__name__),
+                (owner, sink.name, type(err).__name__),
                 f"{owner}: sink {sink.name!r} failed in {method}() and is skipped for this output: {err!r}. "
                 "Other destinations still receive it; training continues.",
             )

@@ -1,0 +1,242 @@
+"""One self-contained ``report.html`` per run, built from the files the callbacks saved.
+
+``lightning-viz report <viz-dir>`` (or :class:`~lightning_viz.callbacks.report.ReportCallback` at fit end)
+reads ``<viz-dir>/<callback>/`` and writes ``<viz-dir>/report.html``: one file with every picture embedded
+(base64 PNG), no script or style fetched from anywhere, so it opens from disk, from an artifact store or as
+an e-mail attachment. Sections, each present when its files are:
+
+* health findings (``training_health/health_summary.json``), first, since they say where to look;
+* the model summary table (``model_summary/summary.json``) and its figure;
+* every other callback's figures, grouped into series by file stem: ``maps_step000046.png`` and
+  ``maps_step000092.png`` are two frames of the series ``maps``, shown one at a time with a step (or epoch)
+  slider. Series that already draw the whole history (curves, weight/gradient evolution) show their latest
+  frame only.
+
+Only files are read, so a report can be rebuilt from a finished or crashed run at any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lightning_viz.core.writer import atomic_write_bytes
+
+REPORT_NAME = "report.html"
+FRAME = re.compile(r"^(?P<series>.+?)_(?P<unit>step|epoch)(?P<n>\d+)$")
+# series whose latest frame already shows the whole history
+CUMULATIVE = ("curves", "weights_evolution", "gradients_evolution")
+# section order; any other folder follows in alphabetical order
+ORDER = ("training_health", "model_summary", "curves", "weight_histogram", "activation_map", "metric_plot")
+TITLES = {
+    "training_health": "Training health",
+    "model_summary": "Model summary",
+    "curves": "Learning curves",
+    "weight_histogram": "Weights and gradients over training",
+    "activation_map": "Activations",
+    "metric_plot": "Metrics",
+}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
+header p{margin:4px 0 0;color:#b9c0cc;font-size:12px}nav{padding:8px 24px;background:#e9ecf1}
+nav a{margin-right:14px;color:#2a5bd7;text-decoration:none}main{padding:8px 24px 40px}
+section{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:16px 0;padding:8px 16px 16px}
+h2{font-size:17px;margin:8px 0}h3{font-size:14px;margin:14px 0 6px;color:#4a5263}
+img{max-width:100%;height:auto;border:1px solid #eef0f3}table{border-collapse:collapse;font-size:12px}
+td,th{padding:3px 8px;border-bottom:1px solid #eef0f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.slider{display:flex;align-items:center;gap:10px;margin:6px 0}.slider input{width:min(480px,60vw)}
+.frame-label{font-weight:600;min-width:9em}.finding{color:#9a2b12}.ok{color:#1f7a3a}.muted{color:#6b7385}
+"""
+
+SCRIPT = """
+document.querySelectorAll('.series[data-frames]').forEach(function (box) {
+  var slider = box.querySelector('input[type=range]');
+  var label = box.querySelector('.frame-label');
+  var frames = box.querySelectorAll('figure.frame');
+  function show(i) {
+    frames.forEach(function (f, j) { f.hidden = (j !== i); });
+    label.textContent = frames[i].dataset.label + ' (' + (i + 1) + '/' + frames.length + ')';
+    box.dataset.current = frames[i].dataset.label;
+  }
+  slider.addEventListener('input', function () { show(Number(slider.value)); });
+  show(Number(slider.value));
+});
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" loading="lazy" src="data:image/png;base64,{data}">'
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _series(folder: Path) -> dict[str, list[tuple[str, int, Path]]]:
+    """PNG files of a folder grouped by series: name -> [(unit, number, path)] sorted by number."""
+    groups: dict[str, list[tuple[str, int, Path]]] = {}
+    for png in sorted(folder.glob("*.png")):
+        m = FRAME.match(png.stem)
+        series, unit, n = (m["series"], m["unit"], int(m["n"])) if m else (png.stem, "", -1)
+        groups.setdefault(series, []).append((unit, n, png))
+    return {k: sorted(v, key=lambda t: t[1]) for k, v in sorted(groups.items())}
+
+
+def _thin(frames: list[Any], limit: int) -> list[Any]:
+    """At most ``limit`` frames, evenly spaced, always keeping the first and the last."""
+    if len(frames) <= limit:
+        return frames
+    picks = sorted({round(i * (len(frames) - 1) / (limit - 1)) for i in range(limit)})
+    return [frames[i] for i in picks]
+
+
+def _series_html(folder: str, name: str, frames: list[tuple[str, int, Path]], max_frames: int) -> str:
+    if name.startswith(CUMULATIVE) or len(frames) == 1:
+        unit, n, path = frames[-1]
+        note = f' <span class="muted">({unit} {n})</span>' if unit else ""
+        return f"<h3>{html.escape(name)}{note}</h3>{_img(path, name)}"
+    frames = _thin(frames, max_frames)
+    sid = re.sub(r"[^a-zA-Z0-9_-]", "-", f"{folder}-{name}")
+    parts = [
+        f'<div class="series" id="{sid}" data-frames="{len(frames)}"><h3>{html.escape(name)}</h3>',
+        f'<div class="slider"><input type="range" id="slider-{sid}" min="0" max="{len(frames) - 1}" '
+        f'value="{len(frames) - 1}" step="1" aria-label="{html.escape(name)} frame">'
+        '<span class="frame-label"></span></div>',
+    ]
+    for i, (unit, n, path) in enumerate(frames):
+        hidden = "" if i == len(frames) - 1 else " hidden"
+        parts.append(
+            f'<figure class="frame" data-label="{unit} {n}"{hidden}>{_img(path, f"{name} {unit} {n}")}</figure>'
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _summary_html(summary: dict[str, Any]) -> str:
+    totals = summary.get("totals") or {}
+    head = ", ".join(
+        f"{k.replace('_', ' ')}: {v:,}" for k, v in totals.items() if isinstance(v, (int, float))
+    )
+    shape = summary.get("input_shape")
+    out = [f"<p><b>{html.escape(str(summary.get('model', '')))}</b>"]
+    out.append(f" on an input of shape {html.escape(str(shape))}" if shape else "")
+    out.append(f"<br>{html.escape(head)}</p>" if head else "</p>")
+    cols = ("name", "type", "output_shape", "params", "trainable", "mult_adds")
+    out.append(
+        "<table><thead><tr>"
+        + "".join(f"<th>{c.replace('_', ' ')}</th>" for c in cols)
+        + "</tr></thead><tbody>"
+    )
+    for row in summary.get("rows") or []:
+        cells = []
+        for c in cols:
+            v = row.get(c, "")
+            if c == "name":
+                pad = "&nbsp;" * 3 * max(int(row.get("depth", 1)) - 1, 0)
+                cells.append(f"<td>{pad}{html.escape(str(v))}</td>")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                cells.append(f'<td class="num">{v:,}</td>')
+            else:
+                cells.append(f"<td>{html.escape(str(v))}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    out += [f'<p class="muted">{html.escape(str(n))}</p>' for n in summary.get("notes") or []]
+    return "".join(out)
+
+
+def _health_html(health: Any) -> str:
+    findings = health.get("findings") if isinstance(health, dict) else health
+    if not isinstance(findings, list):
+        return f"<pre>{html.escape(json.dumps(health, indent=1))}</pre>"
+    if not findings:
+        out = ['<p class="ok">No problem found.</p>']
+    else:
+        out = [f'<p class="finding">{len(findings)} finding(s):</p><table><thead><tr>']
+        out.append("<th>step</th><th>check</th><th>layer</th><th>finding</th></tr></thead><tbody>")
+        for f in findings:
+            f = f if isinstance(f, dict) else {"message": f}
+            cells = [f.get("step", ""), f.get("check", ""), f.get("layer", "") or "", f.get("message", "")]
+            out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        out.append("</tbody></table>")
+    for k, v in (health.get("unavailable") or {}).items() if isinstance(health, dict) else []:
+        out.append(f'<p class="muted">not checked: {html.escape(str(k))}: {html.escape(str(v))}</p>')
+    return "".join(out)
+
+
+def build_report(viz_dir: str | Path, out: str | Path | None = None, *, max_frames: int = 60) -> Path:
+    """Write the report of a viz directory; return its path (default ``<viz_dir>/report.html``).
+
+    Args:
+        viz_dir: a run's ``viz`` directory (one folder per callback).
+        out: where to write the HTML file.
+        max_frames: most frames per slider; longer series are thinned evenly (first and last kept).
+    """
+    viz_dir = Path(viz_dir)
+    if (viz_dir / "viz").is_dir():  # a run directory was given
+        viz_dir = viz_dir / "viz"
+    if not viz_dir.is_dir():
+        raise FileNotFoundError(f"no viz directory at {str(viz_dir)!r}")
+    out = Path(out) if out is not None else viz_dir / REPORT_NAME
+    folders = [p for p in viz_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    folders.sort(key=lambda p: (ORDER.index(p.name) if p.name in ORDER else len(ORDER), p.name))
+    sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
+    for folder in folders:
+        body = []
+        if folder.name == "training_health" and (folder / "health_summary.json").exists():
+            body.append(_health_html(_read_json(folder / "health_summary.json")))
+        summary = _read_json(folder / "summary.json") if (folder / "summary.json").exists() else None
+        if isinstance(summary, dict) and "rows" in summary:
+            body.append(_summary_html(summary))
+        body += [_series_html(folder.name, k, v, max_frames) for k, v in _series(folder).items()]
+        if body:
+            title = TITLES.get(folder.name, folder.name.replace("_", " ").capitalize())
+            sections.append((folder.name, title, "".join(body)))
+
+    run = viz_dir.parent
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
+    parts = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',
+        f"<title>lightning-viz report: {html.escape(run.name)}</title><style>{CSS}</style></head><body>",
+        f"<header><h1>lightning-viz report: {html.escape(str(run))}</h1>",
+        f"<p>built {when} from {html.escape(str(viz_dir))}</p></header><nav>{nav}</nav><main>",
+    ]
+    if not sections:
+        parts.append("<section><p>No pictures were saved in this directory yet.</p></section>")
+    parts += [f'<section id="{a}"><h2>{html.escape(t)}</h2>{b}</section>' for a, t, b in sections]
+    parts.append(f"</main><script>{SCRIPT}</script></body></html>")
+    atomic_write_bytes(out, "".join(parts).encode())
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    """``lightning-viz report <viz-dir> [--out FILE] [--max-frames N]``: rebuild the report of a run."""
+    parser = argparse.ArgumentParser(prog="lightning-viz report", description=__doc__.split("\n")[0])
+    parser.add_argument("viz_dir", help="a run's viz directory, e.g. runs/quickstart/version_0/viz")
+    parser.add_argument("--out", default=None, help="output file (default: <viz_dir>/report.html)")
+    parser.add_argument("--max-frames", type=int, default=60, help="most frames per slider (default 60)")
+    args = parser.parse_args(list(argv))
+    if args.max_frames < 2:
+        parser.error(f"--max-frames must be >= 2; got {args.max_frames}")
+    try:
+        path = build_report(args.viz_dir, args.out, max_frames=args.max_frames)
+    except FileNotFoundError as err:
+        print(f"lightning-viz report: {err}")
+        return 2
+    print(f"lightning-viz: report is {path}")
+    return 0
