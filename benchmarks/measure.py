@@ -1,0 +1,233 @@
+"""Step clocks, RSS sampling, one timed fit, the resnet50 histogram micro-benchmark and the soak."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from benchmarks.arms import Arm, WandbWatchPeer
+from lightning_viz.core import stats, writer
+
+MB = float(1 << 20)
+_PROC = psutil.Process()
+
+
+def rss_mb() -> float:
+    return _PROC.memory_info().rss / MB
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass
+class FitRecord:
+    """What one fit of one arm measured."""
+
+    steps: list[tuple[int, float, bool]] = field(default_factory=list)  # (global step, seconds, probe fired)
+    rss: list[tuple[int, float]] = field(default_factory=list)  # (global step, MB)
+    fit_seconds: float = math.nan
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def amortized(self) -> float:
+        return self.fit_seconds / max(self.n_steps, 1)
+
+
+class _Clock:
+    def __init__(self, device: str, probe: Callable[[], int] | None, rss_every: int) -> None:
+        self.device, self.probe, self.rss_every = device, probe, rss_every
+        self.rec = FitRecord()
+        self.t0 = self.fit_t0 = 0.0
+        self.g = 0
+        self.p0 = 0
+
+
+class ClockStart(Callback):
+    """First callback: starts the fit clock and each step's clock."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.c = clock
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        _sync(self.c.device)
+        self.c.fit_t0 = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        _sync(self.c.device)
+        self.c.g = trainer.global_step
+        self.c.p0 = self.c.probe() if self.c.probe else 0
+        self.c.t0 = time.perf_counter()
+
+
+class ClockEnd(Callback):
+    """Last callback: stops each step's clock (after every other callback's hooks) and the fit clock (after
+    every other callback's ``on_fit_end``, so after lightning-viz has flushed its background writer)."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.c = clock
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        _sync(self.c.device)
+        dt = time.perf_counter() - self.c.t0
+        fired = bool(self.c.probe and self.c.probe() != self.c.p0)
+        self.c.rec.steps.append((self.c.g, dt, fired))
+        if self.c.g % self.c.rss_every == 0:
+            self.c.rec.rss.append((self.c.g, rss_mb()))
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        writer.flush()
+        _sync(self.c.device)
+        self.c.rec.fit_seconds = time.perf_counter() - self.c.fit_t0
+
+
+def timed_fit(
+    arm: Arm,
+    model_factory: Callable[[], LightningModule],
+    loaders: tuple[Any, Any],
+    *,
+    device: str,
+    root: str,
+    max_epochs: int = 1,
+    max_steps: int = -1,
+    log_every_n_steps: int = 5,
+    rss_every: int = 10,
+) -> FitRecord:
+    """Train one arm once (same seed, data and trainer settings for every arm) and time it."""
+    seed_everything(0, verbose=False)
+    model = model_factory()
+    callbacks = arm.callbacks()
+    peer = next((cb for cb in callbacks if isinstance(cb, WandbWatchPeer)), None)
+    clock = _Clock(device, (lambda: peer.calls) if peer else None, rss_every)
+    trainer = Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        logger=TensorBoardLogger(root, name="arm"),
+        callbacks=[ClockStart(clock), *callbacks, ClockEnd(clock)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=log_every_n_steps,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+    )
+    trainer.fit(model, *loaders)
+    return clock.rec
+
+
+# ---------------------------------------------------------------------------- resnet50 histograms
+def histogram_micro(rounds: int, size: int, batch: int, device: str, with_wandb: bool) -> dict[str, Any]:
+    """Time per logging step of the weight + gradient histograms of resnet50, three ways, interleaved.
+
+    ours: one ``stats.histogram_set`` over all parameters and gradients; peer-TB: ``SummaryWriter.add_histogram``
+    per tensor; peer-W&B: wandb's own ``TorchHistory.log_tensor_stats`` (what ``wandb.watch`` calls) per tensor,
+    then the step commit. Our counts are checked against ``numpy.histogram`` on our edges, bit for bit.
+    """
+    import torchvision
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).to(device)
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    names, tensors = [], []
+    for n, p in model.named_parameters():
+        names += [f"weights/{n}", f"gradients/{n}"]
+        tensors += [p.detach(), p.grad]
+    numel = sum(t.numel() for t in tensors)
+
+    def ours() -> stats.HistogramSet:
+        hs, failed = stats.histogram_set(tensors, names, 64)
+        assert not failed
+        return hs
+
+    tb = SummaryWriter(tempfile.mkdtemp(prefix="lvbench-tb-"))
+    ways: dict[str, Callable[[], Any]] = {
+        "ours": ours,
+        "peer-TB": lambda: [tb.add_histogram(n, t, 0) for n, t in zip(names, tensors)],
+    }
+    if with_wandb:
+        import wandb
+
+        history = wandb.run._torch
+
+        def wb() -> None:
+            for n, t in zip(names, tensors):
+                history.log_tensor_stats(t, n)
+            wandb.run.log({}, commit=True)
+
+        ways["peer-W&B"] = wb
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}
+    keys = list(ways)
+    for k in keys:  # warm-up (allocator, lazy imports), not timed
+        ways[k]()
+    for r in range(rounds):
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotate the order every round
+            _sync(device)
+            t, c = time.perf_counter(), time.process_time()
+            ways[k]()
+            _sync(device)
+            times[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
+    tb.close()
+
+    # exactness, on the same tensors and on a constant tensor and one with NaN/Inf
+    hs = ours()
+    mismatches = 0
+    for i, t in enumerate(tensors):
+        v = t.detach().double().cpu().numpy().ravel()
+        expected, _ = np.histogram(v[np.isfinite(v)], bins=hs.edges[i])
+        mismatches += int(not np.array_equal(expected, hs.counts[i]))
+    const = torch.full((1000,), 0.125, device=device)
+    odd = torch.randn(5000, device=device)
+    odd[::97] = math.nan
+    odd[5::101] = math.inf
+    extra, failed = stats.histogram_set([const, odd], ["constant", "nan_inf"], 64)
+    for i, t in enumerate((const, odd)):
+        v = t.double().cpu().numpy()
+        expected, _ = np.histogram(v[np.isfinite(v)], bins=extra.edges[i])
+        mismatches += int(not np.array_equal(expected, extra.counts[i]))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {
+        "device": device,
+        "input": [batch, 3, size, size],
+        "tensors": len(tensors),
+        "elements": int(numel),
+        "rounds": rounds,
+        "seconds": times,
+        "cpu_seconds": cpu,
+        "median_seconds": med,
+        "speedup_vs_tensorboard": med["peer-TB"] / med["ours"],
+        "speedup_vs_wandb": med["peer-W&B"] / med["ours"] if "peer-W&B" in med else None,
+        "exact": mismatches == 0 and not failed,
+        "exactness_checked": len(tensors) + 2,
+        "mismatches": mismatches,
+    }
+
+
+def rss_slope_mb_per_1000(samples: list[tuple[int, float]], skip_fraction: float = 0.2) -> float:
+    """Least-squares slope of RSS over steps, after a warm-up, in MB per 1000 steps."""
+    if len(samples) < 4:
+        return math.nan
+    start = samples[-1][0] * skip_fraction
+    kept = [(s, r) for s, r in samples if s >= start]
+    steps, rss = np.array([s for s, _ in kept], float), np.array([r for _, r in kept], float)
+    return float(np.polyfit(steps, rss, 1)[0] * 1000)

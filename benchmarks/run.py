@@ -1,0 +1,347 @@
+"""``make bench``: lightning-viz against no callbacks, TensorBoard histograms and wandb.watch, on CPU.
+
+Usage::
+
+    python -m benchmarks.run                 # everything; writes benchmarks/RESULTS.md and results.json
+    python -m benchmarks.run --quick         # a smoke run (minutes less; numbers not meaningful)
+    python -m benchmarks.run --device cuda --parts resnet,hist --out /tmp/gpu   # GPU rows (results_gpu.json)
+
+Arms are trained in one process, interleaved (the order rotates every round) and repeated; medians are
+reported. The soak (memory growth) runs in a fresh child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PARTS = ("histograms", "cnn", "resnet50", "soak")
+
+
+def _quiet() -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="lvbench-wandb-"))
+    os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def machine(device: str, threads: int) -> dict[str, Any]:
+    import psutil
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "torch": torch.__version__,
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import wandb
+
+        info["wandb"] = wandb.__version__
+    except ImportError:
+        info["wandb"] = None
+    return info
+
+
+def _median(values: list[float]) -> float:
+    import numpy as np
+
+    return float(np.median(values)) if values else float("nan")
+
+
+def summarize_arms(names: list[str], records: dict[str, list[Any]], arms: dict[str, Any]) -> list[dict]:
+    """Per arm: ratios to B0 of the same round (amortized, logging steps, other steps), RSS."""
+    rows = []
+    base = records["B0"]
+    for name in names:
+        recs, arm = records[name], arms[name]
+        amort, log_ratio, other_ratio, excess, growth, peak = [], [], [], [], [], []
+        n_logging = 0
+        for rec, b in zip(recs, base):
+            b_steps = [dt for g, dt, _ in b.steps[2:]]
+            b_med = _median(b_steps)
+            amort.append(rec.amortized / b.amortized)
+            if arm.name.startswith("peer-W&B"):
+                flags = [fired for _, _, fired in rec.steps[2:]]
+            elif arm.logging_step is None:
+                flags = [False] * len(rec.steps[2:])
+            else:
+                flags = [arm.logging_step(g) for g, _, _ in rec.steps[2:]]
+            dts = [dt for _, dt, _ in rec.steps[2:]]
+            logging = [dt for dt, f in zip(dts, flags) if f]
+            other = [dt for dt, f in zip(dts, flags) if not f]
+            n_logging += len(logging)
+            if logging:
+                log_ratio.append(_median(logging) / b_med)
+                excess.append((_median(logging) - b_med) * 1e3)
+            if other:
+                other_ratio.append(_median(other) / b_med)
+            if rec.rss:
+                growth.append(rec.rss[-1][1] - rec.rss[0][1])
+                peak.append(max(r for _, r in rec.rss))
+        rows.append(
+            {
+                "arm": name,
+                "note": arm.note,
+                "rounds": len(recs),
+                "steps_per_fit": recs[0].n_steps,
+                "amortized_ratio": _median(amort),
+                "logging_step_ratio": _median(log_ratio) if log_ratio else None,
+                "non_logging_step_ratio": _median(other_ratio) if other_ratio else None,
+                "logging_step_excess_ms": _median(excess) if excess else None,
+                "logging_steps_per_fit": n_logging / max(len(recs), 1),
+                "b0_step_ms": _median([_median([dt for _, dt, _ in b.steps[2:]]) for b in base]) * 1e3,
+                "b0_amortized_ms": _median([b.amortized for b in base]) * 1e3,
+                "peak_rss_mb": max(peak) if peak else None,
+                "rss_growth_mb": _median(growth) if growth else None,
+            }
+        )
+    return rows
+
+
+def run_arms(kind: str, args: argparse.Namespace, with_wandb: bool) -> dict[str, Any]:
+    from benchmarks import arms as A
+    from benchmarks.measure import timed_fit
+
+    if kind == "cnn":
+        arm_list = A.cnn_arms(log_every_n_steps=5, with_wandb=with_wandb)
+        loaders = A.synthetic_loaders(args.cnn_train, args.cnn_val, (1, 8, 8), 10, 64)
+        factory, fit_kw = A.digits_cnn, {"max_epochs": args.cnn_epochs}
+        rounds = args.cnn_rounds
+        setup = {
+            "model": "example_projects.digits.DigitsClassifier (quickstart settings)",
+            "data": f"synthetic 1x8x8, {args.cnn_train} train / {args.cnn_val} val, batch 64",
+            "epochs_per_fit": args.cnn_epochs,
+            "steps_per_epoch": -(-args.cnn_train // 64),
+        }
+    else:
+        arm_list = A.resnet_arms(with_wandb=with_wandb)
+        size, batch = args.resnet_size, args.resnet_batch
+        n_train = batch * args.resnet_steps
+        loaders = A.synthetic_loaders(n_train, batch * 2, (3, size, size), 1000, batch)
+        factory, fit_kw = (lambda: A.ResNet50(size)), {"max_epochs": 1}
+        rounds = args.resnet_rounds
+        setup = {
+            "model": "torchvision.models.resnet50(weights=None)",
+            "data": f"synthetic 3x{size}x{size}, batch {batch}, {args.resnet_steps} steps per fit, 2 val batches",
+        }
+    arms = {a.name: a for a in arm_list}
+    names = [a.name for a in arm_list]
+    records: dict[str, list[Any]] = {n: [] for n in names}
+    root = tempfile.mkdtemp(prefix=f"lvbench-{kind}-")
+    timed_fit(arms["B0"], factory, loaders, device=args.device, root=root, **fit_kw)  # warm-up, not counted
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            records[name].append(
+                timed_fit(arms[name], factory, loaders, device=args.device, root=root, **fit_kw)
+            )
+        print(f"  {kind}: round {r + 1}/{rounds} done", flush=True)
+    return {"setup": setup, "rounds": rounds, "arms": summarize_arms(names, records, arms)}
+
+
+def soak_child(args: argparse.Namespace) -> None:
+    """Full suite on the small model for ``--soak-steps`` steps; RSS every 50 steps (run in a child)."""
+    from benchmarks import arms as A
+    from benchmarks.measure import rss_slope_mb_per_1000, timed_fit
+    from lightning_viz.core import writer
+    from lightning_viz.render import open_figure_count
+
+    loaders = A.synthetic_loaders(args.cnn_train, args.cnn_val, (1, 8, 8), 10, 64)
+    arm = A.Arm("full suite (quickstart)", A.suite)
+    rec = timed_fit(
+        arm,
+        A.digits_cnn,
+        loaders,
+        device="cpu",
+        root=tempfile.mkdtemp(prefix="lvbench-soak-"),
+        max_epochs=-1,
+        max_steps=args.soak_steps,
+        rss_every=50,
+    )
+    writer.flush()
+    out = {
+        "steps": rec.n_steps,
+        "steps_per_epoch": -(-args.cnn_train // 64),
+        "seconds": rec.fit_seconds,
+        "rss_samples": rec.rss,
+        "rss_growth_mb_per_1000_steps": rss_slope_mb_per_1000(rec.rss),
+        "rss_first_mb": rec.rss[0][1] if rec.rss else None,
+        "rss_last_mb": rec.rss[-1][1] if rec.rss else None,
+        "open_figures_at_end": open_figure_count(),
+    }
+    Path(args.soak_json).write_text(json.dumps(out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    p.add_argument("--parts", default="cnn,resnet,hist,soak")
+    p.add_argument("--out", default=str(HERE))
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers not meaningful")
+    p.add_argument("--cnn-train", type=int, default=4096)
+    p.add_argument("--cnn-val", type=int, default=1024)
+    p.add_argument("--cnn-epochs", type=int, default=2)
+    p.add_argument("--cnn-rounds", type=int, default=3)
+    p.add_argument("--resnet-size", type=int, default=32)
+    p.add_argument("--resnet-batch", type=int, default=8)
+    p.add_argument("--resnet-steps", type=int, default=12)
+    p.add_argument("--resnet-rounds", type=int, default=2)
+    p.add_argument("--hist-rounds", type=int, default=3)
+    p.add_argument("--soak-steps", type=int, default=3000)
+    p.add_argument("--soak-train", type=int, default=16384)
+    p.add_argument("--soak-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--soak-json", help=argparse.SUPPRESS)
+    p.add_argument("--merge", action="store_true", help="keep the other parts of an existing results file")
+    p.add_argument("--no-wandb", action="store_true", help="leave the W&B peer out (wandb not installed)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.cnn_train, args.cnn_val, args.cnn_epochs, args.cnn_rounds = 1024, 128, 1, 1
+        args.resnet_steps, args.resnet_rounds, args.hist_rounds, args.soak_steps = 10, 1, 1, 300
+        args.soak_train = 1024
+    _quiet()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.soak_child:
+        soak_child(args)
+        return
+    parts = set(args.parts.split(","))
+    with_wandb = not args.no_wandb
+    if with_wandb:
+        import wandb
+
+        wandb.init(project="lightning-viz-bench", mode="offline", dir=os.environ["WANDB_DIR"])
+    t0 = time.time()
+    command = (
+        "make bench"
+        if argv is None and sys.argv[1:] == []
+        else "python -m benchmarks.run " + " ".join(sys.argv[1:])
+    )
+    res: dict[str, Any] = {
+        "command": command,
+        "machine": machine(args.device, args.threads),
+        "quick": args.quick,
+    }
+    if "hist" in parts:
+        from benchmarks.measure import histogram_micro
+
+        print("resnet50 histograms ...", flush=True)
+        size, batch = args.resnet_size, args.resnet_batch
+        res["histograms"] = histogram_micro(args.hist_rounds, size, batch, args.device, with_wandb)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / ("results.partial.json" if args.device == "cpu" else "results_gpu.partial.json")
+
+    def dump() -> None:  # raw data so far, in case a later part fails
+        partial.write_text(json.dumps(res, indent=1, default=float) + "\n")
+
+    dump()
+    if "cnn" in parts and args.device == "cpu":
+        print("example CNN arms ...", flush=True)
+        res["cnn"] = run_arms("cnn", args, with_wandb)
+        dump()
+    if "resnet" in parts:
+        print("resnet50 arms ...", flush=True)
+        res["resnet50"] = run_arms("resnet", args, with_wandb)
+        dump()
+    if with_wandb:
+        wandb.finish()
+    if "soak" in parts and args.device == "cpu":
+        print("soak ...", flush=True)
+        soak_file = tempfile.mktemp(suffix=".json")
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--soak-child",
+            "--soak-json",
+            soak_file,
+            "--threads",
+            str(args.threads),
+            "--soak-steps",
+            str(args.soak_steps),
+            "--cnn-train",
+            str(args.soak_train),
+            "--cnn-val",
+            str(args.cnn_val),
+        ]
+        subprocess.run(cmd, check=True, cwd=HERE.parent)
+        res["soak"] = json.loads(Path(soak_file).read_text())
+    from lightning_viz.core import writer
+    from lightning_viz.render import open_figure_count
+
+    writer.flush()
+    res["open_figures_after_arms"] = open_figure_count()
+    res["wall_seconds"] = time.time() - t0
+    name = "results.json" if args.device == "cpu" else "results_gpu.json"
+    if args.merge and (out / name).exists():  # parts measured now replace those of the earlier run
+        old = json.loads((out / name).read_text())
+        res = {**{k: v for k, v in old.items() if k in PARTS}, **res}
+        res["command"] = f"{old['command']}, then {res['command']}"
+        res["wall_seconds"] += old.get("wall_seconds", 0.0)
+        res["open_figures_after_arms"] = max(res["open_figures_after_arms"], old["open_figures_after_arms"])
+        res["earlier_machine"] = old["machine"]
+    headline = {}
+    if "cnn" in res:
+        suite = next(r for r in res["cnn"]["arms"] if r["arm"].startswith("full suite"))
+        headline["suite_overhead_ratio"] = suite["amortized_ratio"]
+    if "histograms" in res:
+        headline["hist_speedup_vs_tensorboard"] = res["histograms"]["speedup_vs_tensorboard"]
+        headline["hist_speedup_vs_wandb"] = res["histograms"]["speedup_vs_wandb"]
+        headline["hist_counts_exact"] = res["histograms"]["exact"]
+    if "soak" in res:
+        headline["rss_growth_mb_per_1000_steps"] = res["soak"]["rss_growth_mb_per_1000_steps"]
+        headline["open_figures_at_end"] = max(
+            res["soak"]["open_figures_at_end"], res["open_figures_after_arms"]
+        )
+    else:
+        headline["open_figures_at_end"] = res["open_figures_after_arms"]
+    res = {**headline, **res}
+    (out / name).write_text(json.dumps(res, indent=1, default=float) + "\n")
+    from benchmarks.report import write_results_md
+
+    write_results_md(out)
+    partial.unlink(missing_ok=True)
+    print(f"wrote {out / name} and {out / 'RESULTS.md'} in {res['wall_seconds']:.0f} s", flush=True)
+    for k, v in headline.items():
+        print(f"  {k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
