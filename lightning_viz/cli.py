@@ -55,7 +55,15 @@ class VizCLI(LightningCLI):
         if not distributed.is_emitter(self.trainer):
             return
         if dirs:
-            print(f"lightning-viz: pictures are in {', '.join(str(d) for d in dirs)}", flush=True)
+            from lightning_viz.callbacks.report import ReportCallback
+
+            reports = [
+                cb.report_path
+                for cb in self.trainer.callbacks  # type: ignore[attr-defined]
+                if isinstance(cb, ReportCallback) and cb.report_path
+            ]
+            line = f"lightning-viz: pictures are in {', '.join(str(d) for d in dirs)}"
+            print(line + (f"; report: {reports[0]}" if reports else ""), flush=True)
         else:
             print(
                 "lightning-viz: no visualisation callback was configured under trainer.callbacks "

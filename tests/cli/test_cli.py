@@ -23,7 +23,14 @@ from lightning_viz.cli import build_cli, main
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 MNIST = REPO / "configs" / "mnist.yaml"
-CALLBACKS = ["ModelSummaryCallback", "WeightHistogramCallback", "ActivationMapCallback", "CurvePlotCallback"]
+CALLBACKS = [
+    "ModelSummaryCallback",
+    "WeightHistogramCallback",
+    "ActivationMapCallback",
+    "CurvePlotCallback",
+    "MetricPlotCallback",
+    "ReportCallback",
+]
 UNREACHABLE = "http://127.0.0.1:9/"  # the discard port: connection refused at once, no network needed
 
 
@@ -246,7 +253,8 @@ def test_fit_prints_one_line_saying_where_the_pictures_are(capsys, tmp_path):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("lightning-viz:")]
     viz = Path(cli.trainer.log_dir) / "viz"
-    assert lines == [f"lightning-viz: pictures are in {viz}"]
+    assert lines == [f"lightning-viz: pictures are in {viz}; report: {viz / 'report.html'}"]
+    assert (viz / "report.html").is_file()
     assert viz.is_dir() and any(viz.iterdir())
     assert viz.is_relative_to(tmp_path)
 
