@@ -232,15 +232,8 @@ class CurvePlotCallback(VizCallback):
             self._record_epoch_metrics(trainer, _logger_step(trainer, epoch_end=True))
         self._draw(trainer)
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def finish(self, trainer: Trainer) -> None:
         self._draw(trainer)
-        super().on_fit_end(trainer, pl_module)
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        # Draw what was recorded up to the failure, then flush every pending figure to disk.
-        with self.guard(trainer, "drawing after the training loop failed"):
-            self._draw(trainer)
-        super().on_exception(trainer, pl_module, exception)
 
     # ------------------------------------------------------------------ drawing
     def mode_for(self, name: str) -> Mode | None:

@@ -200,15 +200,8 @@ class WeightHistogramCallback(VizCallback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._draw(trainer)
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def finish(self, trainer: Trainer) -> None:
         self._draw(trainer)
-        super().on_fit_end(trainer, pl_module)
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        # Draw what was recorded up to the failure, then flush every pending figure to disk.
-        with self.guard(trainer, "drawing after the training loop failed"):
-            self._draw(trainer)
-        super().on_exception(trainer, pl_module, exception)
 
     # ------------------------------------------------------------------ capture -> reduce -> emit
     def _capture(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:

@@ -210,10 +210,17 @@ class VizCallback(Callback):
         self._submit(f"{stem}", lambda: fan_out(sinks, "data", stem, payload, owner=owner))
 
     # ------------------------------------------------------------------ flushing
+    def finish(self, trainer: Trainer) -> None:
+        """Draw what is still pending (final figures); runs at fit end and after the training loop fails."""
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.finish(trainer)
         writer.flush()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # Draw what was recorded up to the failure, then flush every pending figure to disk.
+        with self.guard(trainer, "drawing after the training loop failed"):
+            self.finish(trainer)
         writer.flush()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
