@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -29,3 +32,22 @@ def seeded_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
+
+
+class SeededDataModule(LightningDataModule):
+    """Base of the example data modules: reproducible loaders from ``batch_size``, ``seed`` and
+    ``num_workers``, which the subclass sets in its ``__init__``."""
+
+    batch_size: int
+    seed: int
+    num_workers: int
+
+    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
+        return seeded_loader(
+            dataset,
+            owner=type(self).__name__,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_workers=self.num_workers,
+        )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import socket
 
 import torch
-from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset, TensorDataset
 
-from example_projects.common import seeded_loader
+from example_projects.common import SeededDataModule
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 OFFLINE_LINE = (
@@ -32,7 +31,7 @@ def synthetic_cifar(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (images.clamp(0, 1) - mean) / std, labels
 
 
-class CIFAR10DataModule(LightningDataModule):
+class CIFAR10DataModule(SeededDataModule):
     """CIFAR-10 (50000 training, 10000 test images used for validation), normalised, random crop and flip.
 
     With ``synthetic: null`` it downloads CIFAR-10 into ``data_dir`` the first time and, when that fails
@@ -111,16 +110,6 @@ class CIFAR10DataModule(LightningDataModule):
         return (
             CIFAR10(self.data_dir, train=True, transform=train_tf),
             CIFAR10(self.data_dir, train=False, transform=T.Compose(norm)),
-        )
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool):
-        return seeded_loader(
-            dataset,
-            owner="CIFAR10DataModule",
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_workers=self.num_workers,
         )
 
     def train_dataloader(self):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
-from example_projects.common import seeded_loader
+from example_projects.common import SeededDataModule
 
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,7 +22,7 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(SeededDataModule):
     """scikit-learn's handwritten digits (1797 grayscale 8x8 images, 10 classes), shipped offline.
 
     Pixel values 0..16 are scaled to ``[0, 1]``. A permutation seeded by ``seed`` splits the images into a
@@ -65,16 +64,6 @@ class DigitsDataModule(LightningDataModule):
         val_idx, train_idx = order[:n_val], order[n_val:]
         self.train_set = TensorDataset(images[train_idx], labels[train_idx])
         self.val_set = TensorDataset(images[val_idx], labels[val_idx])
-
-    def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
-        return seeded_loader(
-            dataset,
-            owner="DigitsDataModule",
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_workers=self.num_workers,
-        )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches of ``(images, labels)``."""

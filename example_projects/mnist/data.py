@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from example_projects.common import seeded_loader
+from example_projects.common import SeededDataModule
 
 OFFLINE_HINT = "use configs/quickstart.yaml (scikit-learn digits, works offline) instead"
 
@@ -22,7 +21,7 @@ def _one_line(err: BaseException) -> str:
     return type(err).__name__
 
 
-class MNISTDataModule(LightningDataModule):
+class MNISTDataModule(SeededDataModule):
     """MNIST (70,000 grayscale 28x28 digits) from torchvision, scaled to ``[0, 1]``.
 
     ``prepare_data`` downloads it into ``data_dir`` on the first run. When that is impossible (offline, or
@@ -94,16 +93,6 @@ class MNISTDataModule(LightningDataModule):
         self.train_set = Subset(full, order[: -self.val_size])
         self.val_set = Subset(full, order[-self.val_size :])
         self.test_set = self._dataset(train=False, download=False)
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        return seeded_loader(
-            dataset,
-            owner="MNISTDataModule",
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_workers=self.num_workers,
-        )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches of ``(images, labels)``."""

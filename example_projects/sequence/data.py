@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
-from example_projects.common import seeded_loader
+from example_projects.common import SeededDataModule
 
 MARKER = 1  # token 0 is the [CLS] slot the model prepends; 1 marks the position to read
 
@@ -23,7 +22,7 @@ def make_sequences(n: int, length: int, vocab: int, seed: int) -> tuple[torch.Te
     return tokens, labels
 
 
-class SequenceDataModule(LightningDataModule):
+class SequenceDataModule(SeededDataModule):
     """Generated sequences (no download): find the marker, report the token after it.
 
     Args:
@@ -62,16 +61,6 @@ class SequenceDataModule(LightningDataModule):
         if self.train_set is None:
             self.train_set = TensorDataset(*make_sequences(self.n_train, self.length, self.vocab, self.seed))
             self.val_set = TensorDataset(*make_sequences(self.n_val, self.length, self.vocab, self.seed + 1))
-
-    def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
-        return seeded_loader(
-            dataset,
-            owner="SequenceDataModule",
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_workers=self.num_workers,
-        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -223,21 +223,7 @@ def _histogram_set(
     names: Sequence[str],
     bins: int,
 ) -> tuple[HistogramSet, bool]:
-    """Exact histograms and statistics of many tensors, reduced over every rank.
-
-    Every rank must call this with the same names in the same order (each rank passes its own tensors:
-    replicas under DDP, local shards under FSDP2). A tensor may be ``None`` (a parameter with no
-    gradient this step); it then shows as empty. Costs two collectives when distributed, none otherwise.
-
-    Args:
-        tensors: the tensors (plain or ``DTensor``), or ``None``.
-        names: a name for each tensor.
-        bins: number of bins per histogram (>= 2).
-
-    Returns:
-        The histograms as host data, and whether the computation failed on some rank (then the
-        result is empty and should be skipped).
-    """
+    """The work of :func:`histogram_set` (which sets the thread count around it)."""
     names = list(names)
     p = len(names)
     locals_: list[torch.Tensor | None] = []
