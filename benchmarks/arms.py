@@ -149,7 +149,7 @@ def _after(n: int) -> Predicate:  # recorded after the optimizer step that makes
 
 
 def suite() -> list[Callback]:
-    """The four callbacks exactly as in configs/quickstart.yaml."""
+    """The four core callbacks as configs/quickstart.yaml sets them (its MetricPlot and Report are not timed)."""
     return [
         lv.ModelSummaryCallback(),
         lv.WeightHistogramCallback(every_n_steps=10),
@@ -158,8 +158,8 @@ def suite() -> list[Callback]:
     ]
 
 
-def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
-    n = PEER_N
+def peer_arms(n: int, with_wandb: bool) -> list[Arm]:
+    """B0 and what users run today: a per-tensor add_histogram callback and (if installed) wandb.watch."""
     arms = [
         Arm("B0", list, None, "no visualization callbacks"),
         Arm("peer-TB", lambda: [TensorBoardHistogramPeer(n)], _every(n), f"add_histogram per tensor, N={n}"),
@@ -168,6 +168,12 @@ def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
         arms.append(
             Arm("peer-W&B", lambda: [WandbWatchPeer(n)], _every(n), f'wandb.watch(log="all", log_freq={n})')
         )
+    return arms
+
+
+def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
+    n = PEER_N
+    arms = peer_arms(n, with_wandb)
     arms += [
         Arm("ModelSummary (default)", lambda: [lv.ModelSummaryCallback()], None, "fit start only"),
         Arm(
@@ -195,7 +201,7 @@ def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
             "full suite (quickstart)",
             suite,
             lambda g: g % 10 == 0 or (g + 1) % log_every_n_steps == 0,
-            "the four callbacks of configs/quickstart.yaml",
+            "the four core callbacks of configs/quickstart.yaml (its MetricPlot and Report are not timed)",
             {"suite"},
         ),
     ]
@@ -204,14 +210,7 @@ def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
 
 def resnet_arms(with_wandb: bool) -> list[Arm]:
     n = PEER_N
-    arms = [
-        Arm("B0", list, None, "no visualization callbacks"),
-        Arm("peer-TB", lambda: [TensorBoardHistogramPeer(n)], _every(n), f"add_histogram per tensor, N={n}"),
-    ]
-    if with_wandb:
-        arms.append(
-            Arm("peer-W&B", lambda: [WandbWatchPeer(n)], _every(n), f'wandb.watch(log="all", log_freq={n})')
-        )
+    arms = peer_arms(n, with_wandb)
     arms += [
         Arm(f"WeightHistogram (N={n})", lambda: [lv.WeightHistogramCallback(every_n_steps=n)], _every(n), ""),
         Arm("full suite (quickstart)", suite, lambda g: g % 10 == 0 or (g + 1) % 5 == 0, "", {"suite"}),
