@@ -64,20 +64,21 @@ def count_parameters(module: nn.Module) -> ParamCounts:
     """The one place parameters are counted.
 
     ``named_parameters()`` yields each ``Parameter`` object once (a tied weight belongs to the first block
-    that holds it), and :func:`~lightning_viz.core.distributed.full_numel` is the global size of a
-    sharded parameter, so totals equal ``sum(p.numel() for p in module.parameters())``.
+    that holds it), and :func:`~lightning_viz.core.distributed.original_numels` gives the full size of a
+    sharded parameter (an FSDP1 ``FlatParameter`` as the original parameters it holds), so totals equal
+    ``sum(p.numel() for p in module.parameters())`` of the unsharded module.
     """
     counts = ParamCounts()
-    for name, p in module.named_parameters():
-        n = distributed.full_numel(p)
-        block = name.split(".", 1)[0] if "." in name else ROOT_BLOCK
-        slot = counts.blocks.setdefault(block, [0, 0])
-        counts.total += n
-        if p.requires_grad:
-            counts.trainable += n
-            slot[0] += n
-        else:
-            slot[1] += n
+    for pname, p in module.named_parameters():
+        for name, n in distributed.original_numels(pname, p):
+            block = name.split(".", 1)[0] if "." in name else ROOT_BLOCK
+            slot = counts.blocks.setdefault(block, [0, 0])
+            counts.total += n
+            if p.requires_grad:
+                counts.trainable += n
+                slot[0] += n
+            else:
+                slot[1] += n
     return counts
 
 
@@ -318,6 +319,14 @@ class ModelSummaryCallback(VizCallback):
         precision = getattr(trainer, "precision_plugin", None)
         ctx = getattr(precision, "forward_context", nullcontext)
         with self.guard(trainer, "model summary"):
+            if input_data is not None and distributed.is_fsdp1_wrapped(pl_module):
+                input_data = None
+                warn_once(
+                    (type(self).__name__, "fsdp1"),
+                    f"{type(self).__name__}: the model is wrapped by FSDP1 (FSDPStrategy); a forward pass outside "
+                    "the training step would break FSDP's root detection, so the summary has parameter counts "
+                    "only (full sizes, no shapes or mult-adds).",
+                )
             self.summary = summarize(
                 pl_module, input_data, depth=self.depth, col_names=self.col_names, forward_context=ctx
             )

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from lightning_viz.core import stats
+from lightning_viz.core import distributed, stats
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
 from lightning_viz.core.hooks import match_modules
 from lightning_viz.core.warn import warn_once
@@ -142,7 +142,7 @@ class WeightHistogramCallback(VizCallback):
     # ------------------------------------------------------------------ selection
     def _select(self, pl_module: LightningModule) -> list[tuple[str, torch.Tensor]]:
         if self.layers is None:
-            return list(pl_module.named_parameters())
+            return [(distributed.clean_name(n), p) for n, p in pl_module.named_parameters()]
         modules = match_modules(pl_module, self.layers, argument="layers", predicate=_owns_parameters)
         seen: set[int] = set()
         out = []
@@ -150,7 +150,7 @@ class WeightHistogramCallback(VizCallback):
             for pname, p in module.named_parameters(recurse=False):
                 if id(p) not in seen:  # a tied parameter is logged once, under its first owner
                     seen.add(id(p))
-                    out.append((f"{mname}.{pname}", p))
+                    out.append((distributed.clean_name(f"{mname}.{pname}"), p))
         return out
 
     def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
