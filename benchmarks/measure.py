@@ -23,7 +23,14 @@ _PROC = psutil.Process()
 
 
 def rss_mb() -> float:
-    return _PROC.memory_info().rss / MB
+    """Resident memory of this process and its children (the lightning-viz render process included)."""
+    total = _PROC.memory_info().rss
+    for child in _PROC.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:  # it ended meanwhile
+            pass
+    return total / MB
 
 
 def _sync(device: str) -> None:
@@ -38,6 +45,8 @@ class FitRecord:
     steps: list[tuple[int, float, bool]] = field(default_factory=list)  # (global step, seconds, probe fired)
     rss: list[tuple[int, float]] = field(default_factory=list)  # (global step, MB)
     fit_seconds: float = math.nan
+    epoch_starts: list[float] = field(default_factory=list)  # seconds since fit start
+    epoch_steps: list[int] = field(default_factory=list)  # training steps in each epoch
 
     @property
     def n_steps(self) -> int:
@@ -45,7 +54,24 @@ class FitRecord:
 
     @property
     def amortized(self) -> float:
+        """Whole fit (fit start to fit end, final flush included) per training step."""
         return self.fit_seconds / max(self.n_steps, 1)
+
+    @property
+    def steady(self) -> float | None:
+        """Seconds per training step over the middle epochs: each from its first batch's start to the next
+        epoch's, so its validation and epoch-end work are included; the first epoch (start-up) and the last
+        (the fit-end flush) are left out. None with fewer than 3 epochs."""
+        if len(self.epoch_starts) < 3:
+            return None
+        middle = range(1, len(self.epoch_starts) - 1)
+        seconds = sum(self.epoch_starts[k + 1] - self.epoch_starts[k] for k in middle)
+        return seconds / max(sum(self.epoch_steps[k] for k in middle), 1)
+
+    @property
+    def fixed(self) -> float | None:
+        """What the fit cost beyond its steady per-step rate: start-up, the first epoch's extra, the end."""
+        return None if self.steady is None else self.fit_seconds - self.steady * self.n_steps
 
 
 class _Clock:
@@ -67,8 +93,14 @@ class ClockStart(Callback):
         _sync(self.c.device)
         self.c.fit_t0 = time.perf_counter()
 
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        _sync(self.c.device)
+        self.c.rec.epoch_starts.append(time.perf_counter() - self.c.fit_t0)
+        self.c.rec.epoch_steps.append(0)
+
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         _sync(self.c.device)
+        self.c.rec.epoch_steps[-1] += 1
         self.c.g = trainer.global_step
         self.c.p0 = self.c.probe() if self.c.probe else 0
         self.c.t0 = time.perf_counter()
@@ -231,3 +263,87 @@ def rss_slope_mb_per_1000(samples: list[tuple[int, float]], skip_fraction: float
     kept = [(s, r) for s, r in samples if s >= start]
     steps, rss = np.array([s for s, _ in kept], float), np.array([r for _, r in kept], float)
     return float(np.polyfit(steps, rss, 1)[0] * 1000)
+
+
+# ---------------------------------------------------------------------------- drawing beside training
+def _evolution_data(n_params: int = 10, n_steps: int = 20, bins: int = 64) -> dict[str, Any]:
+    """What WeightHistogramCallback hands to ``render_evolution`` for a small model (synthetic counts)."""
+    rng = np.random.default_rng(0)
+    params = []
+    for i in range(n_params):
+        k = rng.integers(-40, -20, size=n_steps)
+        w = np.full(n_steps, 2.0**-8)
+        params.append(
+            {
+                "name": f"layer{i}.weight",
+                "numel": 1000 * (i + 1),
+                "steps": np.arange(n_steps) * 50,
+                "edges": (k[:, None] + np.arange(bins + 1)) * w[:, None],
+                "counts": rng.integers(0, 100, (n_steps, bins)),
+                "nonfinite": np.zeros(n_steps, dtype=np.int64),
+            }
+        )
+    return {"title": "weights over training", "params": params}
+
+
+def render_interference(rounds: int, steps: int = 150) -> dict[str, Any]:
+    """Median training-step time of the example CNN (plain PyTorch loop, no Lightning) three ways, interleaved:
+    alone; while figures are drawn non-stop in a thread of the same process; while they are drawn non-stop
+    by lightning-viz's render process. Shows why figures are drawn in a separate process."""
+    import threading
+
+    from benchmarks.arms import digits_cnn
+    from lightning_viz.core import renderer
+    from lightning_viz.render.histograms import render_evolution
+
+    torch.manual_seed(0)
+    model = digits_cnn()
+    opt = torch.optim.Adam(model.parameters())
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    data = _evolution_data()
+
+    def step_ms() -> float:
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times)) * 1e3
+
+    proc = renderer.RenderProcess()
+    proc.render(render_evolution, data)  # start the child (imports) before timing
+    if proc.pid is None:
+        raise RuntimeError(f"the render process did not start: {proc.broken}")
+
+    def drawing(draw: Callable[[], Any]) -> float:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                draw()
+
+        th = threading.Thread(target=loop, daemon=True)
+        th.start()
+        time.sleep(0.3)  # the first figure is under way
+        try:
+            return step_ms()
+        finally:
+            stop.set()
+            th.join()
+
+    ways: dict[str, Callable[[], float]] = {
+        "alone": step_ms,
+        "figures drawn in a thread": lambda: drawing(lambda: renderer.draw(render_evolution, data)),
+        "figures drawn in the render process": lambda: drawing(lambda: proc.render(render_evolution, data)),
+    }
+    out: dict[str, list[float]] = {k: [] for k in ways}
+    keys = list(ways)
+    step_ms()  # warm-up
+    for r in range(rounds):
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            out[k].append(ways[k]())
+    proc.close()
+    med = {k: float(np.median(v)) for k, v in out.items()}
+    return {"rounds": rounds, "steps": steps, "step_ms": out, "median_step_ms": med}

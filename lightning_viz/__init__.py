@@ -1,17 +1,27 @@
-"""lightning-viz: Lightning callbacks that make a model visible while it trains."""
+"""lightning-viz: Lightning callbacks that make a model visible while it trains.
 
-from lightning_viz.callbacks import (
-    ActivationMapCallback,
-    CurvePlotCallback,
-    MetricPlotCallback,
-    ModelSummaryCallback,
-    ReportCallback,
-    TrainingHealthCallback,
-    WeightHistogramCallback,
-)
-from lightning_viz.core.base import VizCallback
+The callbacks are imported on first use (``lightning_viz.WeightHistogramCallback``, ``from lightning_viz
+import ...``), so that the rendering process, which imports only ``lightning_viz.render``, starts without
+importing torch and Lightning.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "ActivationMapCallback": "lightning_viz.callbacks",
+    "CurvePlotCallback": "lightning_viz.callbacks",
+    "MetricPlotCallback": "lightning_viz.callbacks",
+    "ModelSummaryCallback": "lightning_viz.callbacks",
+    "ReportCallback": "lightning_viz.callbacks",
+    "TrainingHealthCallback": "lightning_viz.callbacks",
+    "WeightHistogramCallback": "lightning_viz.callbacks",
+    "VizCallback": "lightning_viz.core.base",
+}
 
 __all__ = [
     "ActivationMapCallback",
@@ -24,3 +34,27 @@ __all__ = [
     "WeightHistogramCallback",
     "__version__",
 ]
+
+if TYPE_CHECKING:
+    from lightning_viz.callbacks import (
+        ActivationMapCallback,
+        CurvePlotCallback,
+        MetricPlotCallback,
+        ModelSummaryCallback,
+        ReportCallback,
+        TrainingHealthCallback,
+        WeightHistogramCallback,
+    )
+    from lightning_viz.core.base import VizCallback
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_viz' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
 
-from lightning_viz.core import writer
+from lightning_viz.core import renderer, writer
 from lightning_viz.core.warn import reset_warnings
 from lightning_viz.render import open_figure_count
 
@@ -35,6 +35,8 @@ def _no_open_figures():
     writer.flush()
     leaked_pyplot = set(plt.get_fignums()) - before_pyplot
     leaked = open_figure_count() - before
+    in_child = renderer.get_renderer().child_stats().get("open_figures", 0)  # the render process's
     plt.close("all")
     assert not leaked_pyplot, f"test left pyplot figures open: {sorted(leaked_pyplot)}"
     assert leaked <= 0, f"test left {leaked} lightning-viz figure(s) open"
+    assert in_child == 0, f"the render process holds {in_child} open figure(s)"

@@ -17,10 +17,9 @@ import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.figure import Figure
 
-from lightning_viz.core import distributed, writer
+from lightning_viz.core import distributed, renderer, writer
 from lightning_viz.core.sinks import FileSink, Sink, fan_out, make_sinks
 from lightning_viz.core.warn import warn_if_state_missing, warn_once
-from lightning_viz.render._figure import close_figure, png_bytes, to_rgba
 
 WhenFull = Literal["wait", "drop_oldest"]
 
@@ -74,6 +73,7 @@ class VizCallback(Callback):
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        renderer.mode()  # a wrong LIGHTNING_VIZ_RENDER fails here, naming the valid choices
         # trainer.log_dir broadcasts from rank 0, so every rank calls it and agrees on the directory.
         log_dir = trainer.log_dir or trainer.default_root_dir
         self.viz_dir = Path(self.output_dir) if self.output_dir else Path(log_dir) / "viz" / self.viz_name
@@ -128,8 +128,8 @@ class VizCallback(Callback):
     def emitting(self, trainer: Trainer) -> bool:
         return distributed.is_emitter(trainer) and bool(self._sinks)
 
-    def _submit(self, label: str, job: Callable[[], None]) -> None:
-        writer.get_writer().submit(job, f"{type(self).__name__} {label}", self.when_full)
+    def _submit(self, label: str, job: Callable[[], None], queue: Literal["io", "render"] = "io") -> None:
+        writer.get_writer(queue).submit(job, f"{type(self).__name__} {label}", self.when_full)
 
     def emit_figure(
         self,
@@ -142,7 +142,8 @@ class VizCallback(Callback):
         step: int,
         save_data: Any = None,
     ) -> None:
-        """Render ``render(data)`` in the background and hand it to every sink (rank zero only).
+        """Draw ``render(data)`` in the render process (see :mod:`~lightning_viz.core.renderer`), off the
+        training thread, and hand the picture to every sink (rank zero only).
 
         Args:
             render: pure function from plain data to a Figure.
@@ -158,17 +159,15 @@ class VizCallback(Callback):
         owner = type(self).__name__
         payload = data if save_data is None else save_data
 
-        def job() -> None:
-            if payload is not False:
-                fan_out([s for s in sinks if isinstance(s, FileSink)], "data", stem, payload, owner=owner)
-            fig = render(data)
-            try:
-                rgba = to_rgba(fig)
-            finally:
-                close_figure(fig)
-            fan_out(sinks, "figure", tag, rgba, png_bytes(rgba), step, stem, owner=owner)
+        if payload is not False:
+            files = [s for s in sinks if isinstance(s, FileSink)]
+            self._submit(f"{stem} data", lambda: fan_out(files, "data", stem, payload, owner=owner))
 
-        self._submit(f"{stem}", job)
+        def draw() -> None:  # on the render queue's thread; the drawing itself is in the render process
+            rgba, png = renderer.render_png(render, data)
+            self._submit(stem, lambda: fan_out(sinks, "figure", tag, rgba, png, step, stem, owner=owner))
+
+        self._submit(stem, draw, "render")
 
     def emit_histograms(
         self,

@@ -104,7 +104,18 @@ class TensorBoardSink(LoggerSink):
     """Images, native histograms (the Histograms dashboard) and text through the logger's SummaryWriter."""
 
     def figure(self, tag: str, rgba: np.ndarray, png: bytes, step: int, stem: str) -> None:
-        self.logger.experiment.add_image(tag, rgba[..., :3], global_step=step, dataformats="HWC")
+        experiment = self.logger.experiment
+        file_writer = getattr(experiment, "_get_file_writer", None)
+        if file_writer is None:  # not torch's SummaryWriter: let it encode the image itself
+            experiment.add_image(tag, rgba[..., :3], global_step=step, dataformats="HWC")
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        # The PNG the render process already encoded, as is (add_image would encode it a second time).
+        image = Summary.Image(
+            height=rgba.shape[0], width=rgba.shape[1], colorspace=4, encoded_image_string=png
+        )
+        file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def histogram(
         self, tag: str, edges: np.ndarray, counts: np.ndarray, stats: Mapping[str, float], step: int

@@ -1,9 +1,10 @@
 """Background rendering and atomic file writes.
 
-Rendering (matplotlib, PNG encoding) and file I/O stay off the training step: callbacks submit jobs to one
-worker thread per process through a bounded queue. One thread, so matplotlib is only ever used from one
-place at a time. The queue is flushed at fit end, when training raises, and at interpreter exit, so no
-picture is lost.
+Rendering (matplotlib, PNG encoding) and file I/O stay off the training step: callbacks submit jobs to
+bounded queues, each served by one background thread: figures to the "render" queue (its thread has them
+drawn by the render process, :mod:`lightning_viz.core.renderer`), and everything that reaches a sink to the
+"io" queue, on one thread so that no sink is ever called from two threads. The queues are flushed at fit
+end, when training raises, and at interpreter exit, so no picture is lost.
 
 When the queue is full, the submitting callback's policy applies: ``"wait"`` blocks the training step until
 there is room (nothing is lost), ``"drop_oldest"`` discards the oldest pending job and warns once.
@@ -123,17 +124,18 @@ def drop_unwritable_files(sinks: list, directory: Any, owner: str) -> list:
 class BackgroundWriter:
     """One daemon thread that runs submitted jobs in order."""
 
-    def __init__(self, maxsize: int = QUEUE_SIZE) -> None:
+    def __init__(self, maxsize: int = QUEUE_SIZE, name: str = "lightning-viz-writer") -> None:
         self._queue: queue.Queue[tuple[Callable[[], None], str] | None] = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.name = name
         self.dropped = 0
         self.completed = 0
 
     def _ensure_thread(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="lightning-viz-writer", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:
@@ -186,21 +188,29 @@ class BackgroundWriter:
         return self._queue.unfinished_tasks
 
 
-_writer: BackgroundWriter | None = None
+_writers: dict[str, BackgroundWriter] = {}
 _writer_lock = threading.Lock()
 
 
-def get_writer() -> BackgroundWriter:
-    """The process-wide writer (created on first use, flushed at interpreter exit)."""
-    global _writer
+def get_writer(kind: Literal["io", "render"] = "io") -> BackgroundWriter:
+    """One of the two process-wide queues (created on first use, flushed at interpreter exit).
+
+    ``"io"``: everything that reaches a sink (files, logger calls), on one thread, in order. ``"render"``:
+    figures waiting to be drawn (in the render process, see :mod:`lightning_viz.core.renderer`); a drawn
+    figure is handed on to the ``"io"`` queue. Two queues, so that cheap writes (a step's histograms) never
+    wait behind a figure being drawn.
+    """
     with _writer_lock:
-        if _writer is None:
-            _writer = BackgroundWriter()
-            atexit.register(_writer.flush)
-        return _writer
+        if kind not in _writers:
+            _writers[kind] = BackgroundWriter(QUEUE_SIZE, f"lightning-viz-{kind}")
+            if len(_writers) == 1:
+                atexit.register(flush)
+        return _writers[kind]
 
 
 def flush() -> None:
-    """Wait for all pending renders and writes of this process."""
-    if _writer is not None:
-        _writer.flush()
+    """Wait until every queued figure is drawn and every pending write has reached its sink."""
+    for kind in ("render", "io"):  # drawing queues writes: drain it first
+        w = _writers.get(kind)
+        if w is not None:
+            w.flush()

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 from lightning_viz.render._figure import new_figure
+from lightning_viz.render._layout import Room, colorbar_room, fit_axes, nice_ticks, place_grid, suptitle
 
 STAT_PANELS: tuple[tuple[str, str], ...] = (
     ("mean", "mean"),
@@ -33,6 +35,7 @@ ORDER_WORDS = {
 NONFINITE_COLOR = "#ff00ff"  # NaN/Inf cells of maps and heatmaps
 GRID_PAD = 1
 PAD_VALUE = 2.0  # drawn in white: above the colour map's range
+CBAR_WIDTH, CBAR_GAP = 0.12, 0.15  # inches: a heatmap's colour bar and its gap to the heatmap
 
 
 def _show_input(ax: Axes, image: np.ndarray, sample_index: int) -> None:
@@ -95,16 +98,17 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
     layers: Sequence[Mapping[str, Any]] = data["layers"]
     image = data.get("input")
     n = max(1, len(layers))
-    fig = new_figure(10.0 if image is not None else 7.5, 0.6 + 3.0 * n)
-    gs = fig.add_gridspec(
-        n, 2 if image is not None else 1, width_ratios=[1, 3] if image is not None else None
+    fig = new_figure(10.0 if image is not None else 7.5, 0.6 + 3.0 * n, layout=None)
+    top = suptitle(
+        fig, f"Feature maps at step {data.get('step', '?')} (each channel scaled to its own range)"
     )
-    col = 0
+    ncols = 2 if image is not None else 1
+    slots: list[Axes | None] = [None] * (n * ncols)  # row-major; the input's column is empty below it
     if image is not None:
-        _show_input(fig.add_subplot(gs[0, 0]), image, int(data.get("sample_index", 0)))
-        col = 1
+        slots[0] = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+        _show_input(slots[0], image, int(data.get("sample_index", 0)))
     for row, layer in enumerate(layers):
-        ax = fig.add_subplot(gs[row, col])
+        ax = slots[row * ncols + ncols - 1] = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         maps = np.asarray(layer["maps"])
         grid, nrow = feature_grid(maps)
         cmap = matplotlib.colormaps["viridis"].with_extremes(over="white", bad=NONFINITE_COLOR)
@@ -132,7 +136,8 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
         _title_with_nonfinite(ax, title, int(layer.get("nonfinite", 0) or 0))
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"Feature maps at step {data.get('step', '?')} (each channel scaled to its own range)")
+    rooms = [fit_axes(ax) if ax is not None else Room() for ax in slots]
+    place_grid(fig, slots, ncols, rooms, top=top, width_ratios=[1, 3] if image is not None else None)
     return fig
 
 
@@ -148,9 +153,11 @@ def render_heatmaps(data: Mapping[str, Any]) -> Figure:
     """
     layers: Sequence[Mapping[str, Any]] = data["layers"]
     n = max(1, len(layers))
-    fig = new_figure(8.0, 0.6 + 2.6 * n)
-    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
-    for ax, layer in zip(axes, layers):
+    fig = new_figure(8.0, 0.6 + 2.6 * n, layout=None)
+    top = suptitle(fig, f"Activations at step {data.get('step', '?')}")
+    axes, bars, rooms = [], [], []
+    for layer in layers:
+        ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         values = np.asarray(layer["values"], dtype=np.float32)
         finite = values[np.isfinite(values)]
         lim = float(np.abs(finite).max()) if finite.size else 1.0
@@ -158,14 +165,29 @@ def render_heatmaps(data: Mapping[str, Any]) -> Figure:
         shown = np.where(np.isfinite(values), values, np.nan)
         cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=NONFINITE_COLOR)
         im = ax.imshow(shown, aspect="auto", cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
-        fig.colorbar(im, ax=ax, shrink=0.9)
+        cax = fig.add_axes((0.0, 0.0, CBAR_WIDTH / 8.0, 0.5), label="<colorbar>")
+        cb = fig.colorbar(im, cax=cax)
+        cb.locator = MaxNLocator(4, steps=[1, 2, 2.5, 5, 10])
+        nice_ticks(ax.xaxis, 7, integer=True)
+        nice_ticks(ax.yaxis, 6, integer=True)
         ax.set_ylabel(str(layer["rows"]))
         ax.set_xlabel(str(layer["cols"]))
         title = f"{layer['name']} ({layer['kind']})"
         if layer.get("note"):
             title += f": {layer['note']}"
         _title_with_nonfinite(ax, title, int(layer.get("nonfinite", 0) or 0))
-    fig.suptitle(f"Activations at step {data.get('step', '?')}")
+        rooms.append(fit_axes(ax) | Room(right=CBAR_GAP + CBAR_WIDTH + colorbar_room(cb)))
+        axes.append(ax)
+        bars.append(cax)
+    if not axes:
+        axes.append(fig.add_axes((0.0, 0.0, 1.0, 1.0)))
+        rooms.append(fit_axes(axes[0]))
+    boxes = place_grid(fig, axes, 1, rooms, top=top)
+    fig_w, fig_h = fig.get_size_inches()
+    for cax, (x, y, w, h) in zip(bars, boxes):  # shrunk to 90% of the heatmap's height, as before
+        cax.set_position(
+            ((x + w + CBAR_GAP) / fig_w, (y + 0.05 * h) / fig_h, CBAR_WIDTH / fig_w, 0.9 * h / fig_h)
+        )
     return fig
 
 
@@ -181,8 +203,11 @@ def render_activation_stats(data: Mapping[str, Any]) -> Figure:
         A figure with four axes (one per statistic) and one line per layer in each.
     """
     layers: Mapping[str, Mapping[str, Sequence[float]]] = data["layers"]
-    fig = new_figure(10.0, 7.0)
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    fig = new_figure(10.0, 7.0, layout=None)
+    top = suptitle(fig, "Activation statistics over training (fixed sample batch, eval mode)")
+    axes = [fig.add_axes((0.0, 0.0, 1.0, 1.0)) for _ in STAT_PANELS]
+    for ax in axes[1:]:
+        ax.sharex(axes[0])
     for ax, (key, label) in zip(axes, STAT_PANELS):
         drawn = 0
         for name, hist in layers.items():
@@ -232,5 +257,11 @@ def render_activation_stats(data: Mapping[str, Any]) -> Figure:
         ax.set_xlabel("global step")
     if layers:
         axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle("Activation statistics over training (fixed sample batch, eval mode)")
+    nice_ticks(axes[0].xaxis, 7)  # the four share it
+    rooms = []
+    for k, ax in enumerate(axes):
+        nice_ticks(ax.yaxis, 6)
+        ax.tick_params(labelbottom=k >= 2)  # one row of step labels, under the lower panels
+        rooms.append(fit_axes(ax, xticklabels=k >= 2))
+    place_grid(fig, axes, 2, rooms, top=top)
     return fig

@@ -19,6 +19,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from lightning_viz.render._figure import new_figure
+from lightning_viz.render._layout import fit_axes, nice_ticks, place_grid
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -98,15 +99,16 @@ def render_curves(data: Mapping[str, Any]) -> Figure:
     n = max(len(panels), 1)
     ncols = 1 if n == 1 else 2
     nrows = math.ceil(n / ncols)
-    fig = new_figure(6.0 * ncols, 3.4 * nrows)
+    fig = new_figure(6.0 * ncols, 3.4 * nrows, layout=None)
     if not panels:
-        ax = fig.add_subplot(1, 1, 1)
+        ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         ax.text(0.5, 0.5, "no metric recorded yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
 
-    for k, panel in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, k + 1)
+    axes, rooms = [], []
+    for panel in panels:
+        ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         names = [name for name in panel["series"] if name in series]
         xs_all = [x for name in names for x in series[name]["step"]]
         for j, name in enumerate(names):
@@ -142,6 +144,11 @@ def render_curves(data: Mapping[str, Any]) -> Figure:
         ax.set_xlabel("epoch" if by_epoch else "step")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
+        nice_ticks(ax.xaxis, 6)
+        nice_ticks(ax.yaxis, 6)
+        rooms.append(fit_axes(ax))
+        axes.append(ax)
+    place_grid(fig, axes, ncols, rooms)
     return fig
 
 

@@ -13,8 +13,11 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.transforms import offset_copy
 
 from lightning_viz.render._figure import new_figure
+from lightning_viz.render._layout import Room, fit_axes, nice_ticks, place_grid, plain_log_axis, text_size
 
 OK_COLOUR, BAD_COLOUR = "#4c72b0", "#d62728"
 
@@ -34,11 +37,12 @@ def _bars(
     *,
     log: bool,
     lines: Sequence[tuple[float, str]] = (),
-) -> None:
+) -> Room:
+    """Bars with their threshold lines; returns the room the thresholds' names take right of the axes."""
     names = list(values)
     if not names:
         _empty(ax, title, "no data yet")
-        return
+        return Room()
     y = np.array([values[n] for n in names], dtype=np.float64)
     shown = np.where(np.isfinite(y), y, np.nan)
     if log:
@@ -63,11 +67,17 @@ def _bars(
             )
     if log:
         ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
+    else:
+        nice_ticks(ax.yaxis, 6)
+    right = 0.0
     for value, label in lines:
         ax.axhline(value, color="grey", linestyle="--", linewidth=0.8)
         ax.text(1.0, value, f" {label}", transform=ax.get_yaxis_transform(), fontsize=7, va="center")
+        right = max(right, text_size(ax.get_figure(root=True), f" {label}", 7)[0])
     ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
     ax.set_title(title, fontsize=9)
+    return Room(right=right)
 
 
 def render_health(data: Mapping[str, Any]) -> Figure:
@@ -85,8 +95,8 @@ def render_health(data: Mapping[str, Any]) -> Figure:
     flagged = {k: set(v) for k, v in data.get("flagged", {}).items()}
     th = data.get("thresholds", {})
     findings: list[Mapping[str, Any]] = list(data.get("findings", []))
-    fig = new_figure(11.0, 8.0 + 0.16 * min(len(findings), 12))
-    axes = fig.subplots(2, 2)
+    fig = new_figure(11.0, 8.0 + 0.16 * min(len(findings), 12), layout=None)
+    axes = np.array([fig.add_axes((0.0, 0.0, 1.0, 1.0)) for _ in range(4)]).reshape(2, 2)
     grad_bad = flagged.get("vanishing_gradients", set()) | flagged.get("exploding_gradients", set())
     grad_bad |= flagged.get("nonfinite", set())
     step = data.get("grad_step")
@@ -94,44 +104,53 @@ def render_health(data: Mapping[str, Any]) -> Figure:
     if data.get("vanishing_below"):
         lines.append((data["vanishing_below"], "vanishing"))
     title = "gradient norm across depth" + (f" (step {step})" if step is not None else "")
-    _bars(axes[0, 0], data.get("grad_norms", {}), grad_bad, title, log=True, lines=lines)
+    notes = [_bars(axes[0, 0], data.get("grad_norms", {}), grad_bad, title, log=True, lines=lines)]
     upd_bad = flagged.get("tiny_updates", set()) | flagged.get("large_updates", set())
     lines = [(th[k], k.split("_")[0]) for k in ("tiny_update_ratio", "large_update_ratio") if k in th]
     title = "update / weight norm per optimizer step"
-    _bars(axes[0, 1], data.get("update_ratios", {}), upd_bad, title, log=True, lines=lines)
+    notes.append(_bars(axes[0, 1], data.get("update_ratios", {}), upd_bad, title, log=True, lines=lines))
     acts = data.get("activations", {})
     act_bad = flagged.get("dead_units", set()) | flagged.get("saturation", set())
     labels = {f"{n} ({'dead' if k == 'dead_fraction' else 'sat.'})": v for n, (k, v) in acts.items()}
     bad_labels = {lab for lab, n in zip(labels, acts) if n in act_bad}
     lines = [(th[k], k.split("_")[0]) for k in ("dead_threshold", "saturation_threshold") if k in th]
-    _bars(
-        axes[1, 0],
-        labels,
-        bad_labels,
-        "activations: dead (zero) / saturated fraction",
-        log=False,
-        lines=lines,
-    )
+    title = "activations: dead (zero) / saturated fraction"
+    notes.append(_bars(axes[1, 0], labels, bad_labels, title, log=False, lines=lines))
     if labels:
         axes[1, 0].set_ylim(0, 1.05)
-    _timeline(axes[1, 1], data.get("loss_steps", []), data.get("loss_values", []), findings)
+    listing = _timeline(axes[1, 1], data.get("loss_steps", []), data.get("loss_values", []), findings)
+    notes.append(Room())
+    rooms = [
+        fit_axes(ax, title_pad=12 if ax is axes[1, 1] else None) | n for ax, n in zip(axes.ravel(), notes)
+    ]
+    if listing is not None:  # the numbered findings: under the loss axes' labels
+        down = rooms[3].bottom + 0.1
+        listing.set_transform(offset_copy(axes[1, 1].transAxes, fig, 0.0, -down))
+        height = text_size(fig, listing.get_text(), listing.get_fontsize())[1]
+        rooms[3] = rooms[3] | Room(bottom=down + height)
+    place_grid(fig, list(axes.ravel()), 2, rooms)
     return fig
 
 
 def _timeline(
     ax: Axes, steps: Sequence[int], values: Sequence[float], findings: Sequence[Mapping[str, Any]]
-) -> None:
+) -> Text | None:
+    """The loss with a numbered line per finding; returns the text that lists the findings (to be placed
+    under the axes), if any."""
     title = "loss and findings"
     if not steps and not findings:
         _empty(ax, title, "no data yet")
-        return
+        return None
     s, v = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
     ok = np.isfinite(v)
+    nice_ticks(ax.xaxis, 6)
+    nice_ticks(ax.yaxis, 6)
     if ok.any():
         ax.plot(s[ok], v[ok], color=OK_COLOUR, linewidth=1.0, label="loss")
         lo, hi = float(v[ok].min()), float(v[ok].max())
         if lo > 0 and hi > 100 * lo:  # log scale only when the loss spans orders of magnitude
             ax.set_yscale("log")
+            plain_log_axis(ax.yaxis)
     numbers: dict[int, list[int]] = {}
     for i, f in enumerate(findings, start=1):
         numbers.setdefault(int(f["step"]), []).append(i)
@@ -148,6 +167,6 @@ def _timeline(
         )
         if len(findings) > 12:
             text += f"\n... and {len(findings) - 12} more"
-        ax.text(0.0, -0.18, text, transform=ax.transAxes, fontsize=7, va="top", color=BAD_COLOUR)
-    else:
-        ax.text(0.02, 0.02, "no findings", transform=ax.transAxes, fontsize=8, color="green")
+        return ax.text(0.0, 0.0, text, transform=ax.transAxes, fontsize=7, va="top", color=BAD_COLOUR)
+    ax.text(0.02, 0.02, "no findings", transform=ax.transAxes, fontsize=8, color="green")
+    return None

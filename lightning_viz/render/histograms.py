@@ -15,12 +15,25 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator
 
 from lightning_viz.render._figure import new_figure
+from lightning_viz.render._layout import (
+    MINOR_SUBS,
+    PAD,
+    PlainLogFormatter,
+    colorbar_room,
+    fit_axes,
+    nice_ticks,
+    place_grid,
+    shrink_title,
+    suptitle,
+)
 
 MAX_PANELS = 16
 MAX_COLS = 4
 CMAP = "viridis"
+CBAR_WIDTH = 0.2  # inches
 
 
 def rebin(edges: np.ndarray, counts: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -89,14 +102,22 @@ def panel_matrix(p: Mapping[str, Any], max_cells: int = 512) -> tuple[np.ndarray
 
 
 def _panel(
-    ax: Axes, p: Mapping[str, Any], matrix: tuple[np.ndarray, np.ndarray] | None, norm: LogNorm
+    ax: Axes,
+    p: Mapping[str, Any],
+    matrix: tuple[np.ndarray, np.ndarray] | None,
+    norm: LogNorm,
+    *,
+    xlabels: bool = True,
+    ylabel: bool = True,
 ) -> None:
     steps = np.asarray(p["steps"])
     nonfinite = np.asarray(p["nonfinite"])
     ax.set_title(f"{p['name']} ({int(p.get('numel', 0)):,} values)", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.set_xlabel("step", fontsize=7)
-    ax.set_ylabel("value", fontsize=7)
+    ax.tick_params(labelsize=7, labelbottom=xlabels)
+    if xlabels:
+        ax.set_xlabel("step", fontsize=7)
+    if ylabel:
+        ax.set_ylabel("value", fontsize=7)
     xe = step_edges(steps)
     if matrix is not None:
         grid, z = matrix
@@ -148,8 +169,8 @@ def render_evolution(data: Mapping[str, Any], max_panels: int = MAX_PANELS) -> F
     n = max(len(shown), 1)
     ncols = min(MAX_COLS, n)
     nrows = math.ceil(n / ncols)
-    fig = new_figure(3.0 * ncols + 1.2, 2.3 * nrows + 0.9)
-    fig.suptitle(title, fontsize=9)
+    fig = new_figure(3.0 * ncols + 1.2, 2.3 * nrows + 0.9, layout=None)
+    top = suptitle(fig, title, 9)
 
     max_cells = int(
         np.clip(4 * max((np.asarray(p["counts"]).shape[-1] for p in params), default=64), 64, 512)
@@ -159,15 +180,36 @@ def render_evolution(data: Mapping[str, Any], max_panels: int = MAX_PANELS) -> F
     vmin = float(np.clip(min(positive), 1e-6, 0.1)) if positive else 1e-3
     norm = LogNorm(vmin=vmin, vmax=1.0)
 
-    axes = []
+    # When every panel covers the same steps, the step labels go under the lowest panel of each column
+    # only, and "value" beside the first column only: the same reading, less text to lay out and draw.
+    same_steps = all(np.array_equal(params[i]["steps"], params[shown[0]]["steps"]) for i in shown)
+    axes, rooms = [], []
     for slot, (i, matrix) in enumerate(zip(shown, matrices)):
-        ax = fig.add_subplot(nrows, ncols, slot + 1)
-        _panel(ax, params[i], matrix, norm)
+        ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+        xlabels = not same_steps or slot + ncols >= len(shown)
+        _panel(ax, params[i], matrix, norm, xlabels=xlabels, ylabel=not same_steps or slot % ncols == 0)
+        nice_ticks(ax.xaxis, 4, integer=True)
+        nice_ticks(ax.yaxis, 5)
+        rooms.append(fit_axes(ax, xticklabels=xlabels))
         axes.append(ax)
     if not axes:
-        ax = fig.add_subplot(1, 1, 1)
+        ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         ax.text(0.5, 0.5, "nothing captured yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         axes.append(ax)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=axes, label="share of values per bin", shrink=0.9)
+        rooms.append(fit_axes(ax))
+
+    # the shared colour bar: right of the panels, 90% of their height
+    fig_w, fig_h = fig.get_size_inches()
+    bar_h = 0.9 * (fig_h - top - 2 * PAD)
+    bar_y = (fig_h - top - bar_h) / 2
+    cax = fig.add_axes((0.0, bar_y / fig_h, CBAR_WIDTH / fig_w, bar_h / fig_h), label="<colorbar>")
+    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), cax=cax, label="share of values per bin")
+    cb.formatter = PlainLogFormatter()
+    cb.minorlocator = LogLocator(subs=MINOR_SUBS)  # not every 2..9: each tick is costly to build
+    strip = 2 * PAD + CBAR_WIDTH + colorbar_room(cb) + PAD
+    cax.set_position(((fig_w - strip + 2 * PAD) / fig_w, bar_y / fig_h, CBAR_WIDTH / fig_w, bar_h / fig_h))
+    boxes = place_grid(fig, axes, ncols, rooms, top=top, right=strip)
+    for ax, (_, _, w, _) in zip(axes, boxes):
+        shrink_title(ax, w + 2 * PAD)
     return fig

@@ -8,6 +8,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from lightning_viz.render._figure import new_figure
+from lightning_viz.render._layout import fit_axes, nice_ticks, place_grid
 
 TRAINABLE_COLOR = "#1f77b4"
 FROZEN_COLOR = "#b0b0b0"
@@ -52,14 +53,15 @@ def render_summary(data: Mapping[str, Any], *, max_blocks: int = MAX_BLOCKS) -> 
     trainable = int(totals.get("trainable_params", sum(t for _, t, _ in blocks)))
     frozen = int(totals.get("frozen_params", total - trainable))
 
-    fig = new_figure(7.5, max(2.4, 0.9 + 0.38 * max(len(blocks), 1)))
-    ax = fig.add_subplot(1, 1, 1)
+    fig = new_figure(7.5, max(2.4, 0.9 + 0.38 * max(len(blocks), 1)), layout=None)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     title = f"{data.get('model', 'model')}: {human_count(total)} parameters"
     title += f" (trainable {human_count(trainable)}, frozen {human_count(frozen)})"
     ax.set_title(title, fontsize=10)
     if not blocks:
         ax.text(0.5, 0.5, "the model has no parameters", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
+        place_grid(fig, [ax], 1, fit_axes(ax))
         return fig
 
     names = [b[0] for b in blocks]
@@ -77,4 +79,6 @@ def render_summary(data: Mapping[str, Any], *, max_blocks: int = MAX_BLOCKS) -> 
     ax.set_xlim(0, widest * 1.3)
     ax.set_xlabel("parameters (each shared parameter counted once, in its first block)")
     ax.legend(loc="lower right", fontsize=8)
+    nice_ticks(ax.xaxis, 8)
+    place_grid(fig, [ax], 1, fit_axes(ax))
     return fig

@@ -8,6 +8,7 @@ through ``MlflowClient``, the CSVLogger's files are read with ``csv``, TensorBoa
 from __future__ import annotations
 
 import csv
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -65,6 +66,12 @@ def test_tensorboard(tmp_path):
     acc = read_events(log_dir)
     tags = acc.Tags()
     assert any(t.startswith("viz/activation_map") for t in tags["images"]), tags["images"]
+    # TensorBoard holds the very PNG written to disk (encoded once, in the render process), with its size
+    (event,) = acc.Images("viz/model_summary/parameters")
+    png = (log_dir / "viz" / "model_summary" / "summary.png").read_bytes()
+    assert event.encoded_image_string == png
+    with Image.open(io.BytesIO(png)) as img:
+        assert (event.width, event.height) == img.size
     assert any(t.startswith("weights/") for t in tags["histograms"]), tags["histograms"]
     assert "model/total_params" in tags["scalars"]
     assert any("model_summary" in t for t in tags["tensors"]), tags["tensors"]  # the text summary

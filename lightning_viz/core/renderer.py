@@ -1,0 +1,273 @@
+"""Figures are drawn in a separate low-priority process, so that drawing never slows the training loop.
+
+Drawing a figure is seconds of pure-Python matplotlib work. In a thread of the training process it holds the
+GIL, and a training loop that releases and takes back the GIL around every kernel launch then waits a GIL
+switch interval each time: on a 2-core machine a 6 ms step of the example CNN measured 45-200 ms while a
+figure was drawn in a thread. So the background writer hands each ``render(data) -> Figure`` call to one
+child process (started on first use, ``nice`` 19, one torch thread, matplotlib's Agg backend), which draws,
+rasterises and PNG-encodes the figure and sends the pixels back; the writer thread then hands them to the
+sinks as before. The child holds no GIL of ours and, at the lowest priority, takes CPU time only when the
+training processes leave some.
+
+The child is a plain ``python -m lightning_viz.core.renderer`` (not ``multiprocessing``, which would import
+the user's training script again in the child). Requests and replies are length-prefixed pickles over its
+stdin and stdout. A request whose function or data cannot be pickled (a lambda, a closure) is drawn in the
+writer thread instead, silently; if the child dies, drawing falls back to the writer thread for the rest of
+the process, with one warning. Set the environment variable ``LIGHTNING_VIZ_RENDER=thread`` to always draw
+in the writer thread.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import IO, Any
+
+import numpy as np
+
+ENV = "LIGHTNING_VIZ_RENDER"
+MODES = ("process", "thread")
+_HEADER = struct.Struct("<Q")
+
+Rendered = tuple[np.ndarray, bytes]  # RGBA pixels [H, W, 4] uint8, and the same picture as PNG
+
+
+def mode() -> str:
+    """Where figures are drawn: ``"process"`` (default) or ``"thread"``, from ``LIGHTNING_VIZ_RENDER``.
+
+    Raises:
+        ValueError: the variable is set to something else (names the variable and the valid choices).
+    """
+    value = os.environ.get(ENV, "process").strip().lower() or "process"
+    if value not in MODES:
+        raise ValueError(f"environment variable {ENV} must be one of {list(MODES)}; got {value!r}")
+    return value
+
+
+def draw(render: Callable[[Any], Any], data: Any) -> Rendered:
+    """``render(data)`` drawn here: rasterised once, closed, PNG-encoded."""
+    from lightning_viz.render._figure import close_figure, png_bytes, to_rgba
+
+    fig = render(data)
+    try:
+        rgba = to_rgba(fig)
+    finally:
+        close_figure(fig)
+    return rgba, png_bytes(rgba)
+
+
+def _send(stream: IO[bytes], payload: bytes) -> None:
+    stream.write(_HEADER.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> bytes | None:
+    """One frame, or None at end of stream."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    return payload if len(payload) == size else None
+
+
+class RenderProcess:
+    """The child process that draws, and the fallback to drawing in the calling thread."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self.broken: str | None = None  # why drawing fell back to the thread for good
+        self.drawn_in_process = 0
+        self.drawn_in_thread = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        # the child imports what the parent can (render functions are pickled by module and name)
+        env["PYTHONPATH"] = os.pathsep.join(p if p else os.getcwd() for p in sys.path)
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+        return subprocess.Popen(
+            [sys.executable, "-m", "lightning_viz.core.renderer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+
+    def _fail(self, why: str) -> None:
+        from lightning_viz.core.warn import warn_once  # imports Lightning: not in the child
+
+        self.broken = why
+        self.close()
+        warn_once(
+            ("renderer", "broken"),
+            f"lightning-viz: the rendering process stopped ({why}); figures are drawn in a background "
+            "thread of the training process from now on. Training continues.",
+        )
+
+    def _call(self, request: bytes) -> tuple[Any, ...] | None:
+        """Send one request and wait for its reply; None when the child is gone (it is then given up)."""
+        if self._proc is None:
+            try:
+                self._proc = self._start()
+            except OSError as err:
+                self._fail(f"could not start: {err!r}")
+                return None
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            _send(proc.stdin, request)
+            reply = _receive(proc.stdout)
+        except (OSError, ValueError) as err:
+            reply, why = None, repr(err)
+        else:
+            why = "it closed its output"
+        if reply is None:
+            code = proc.poll()
+            self._fail(f"exit code {code}" if code is not None else why)
+            return None
+        return pickle.loads(reply)
+
+    def render(self, render: Callable[[Any], Any], data: Any) -> Rendered:
+        """Draw ``render(data)`` in the child process if possible, else in the calling thread.
+
+        Raises:
+            Exception: whatever ``render`` raised (re-raised here, with the child's traceback in the
+                message when it was drawn there).
+        """
+        with self._lock:
+            if self.broken is None and mode() == "process":
+                try:
+                    request = pickle.dumps(("render", render, data), protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception:  # a lambda or closure: draw it here
+                    request = None
+                reply = self._call(request) if request is not None else None
+                if reply is not None and reply[0] == "ok":
+                    self.drawn_in_process += 1
+                    return reply[1], reply[2]
+                if reply is not None and reply[0] == "error":
+                    raise RuntimeError(f"{reply[1]} in the rendering process: {reply[2]}\n{reply[3]}")
+                # "load_error" (the child cannot import the function) or the child is gone: draw here
+            self.drawn_in_thread += 1
+        return draw(render, data)
+
+    def child_stats(self) -> dict[str, Any]:
+        """Figures still open in the child, and its resident memory in MB (empty when no child runs)."""
+        with self._lock:
+            if self._proc is None or self.broken is not None:
+                return {}
+            reply = self._call(pickle.dumps(("stats",)))
+        return dict(reply[1]) if reply is not None else {}
+
+    def close(self) -> None:
+        """Stop the child (it also stops by itself when this process's end of the pipe closes)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+_process: RenderProcess | None = None
+_process_lock = threading.Lock()
+
+
+def get_renderer() -> RenderProcess:
+    """The process-wide renderer (its child starts on the first figure, and stops at interpreter exit)."""
+    global _process
+    with _process_lock:
+        if _process is None:
+            import atexit
+
+            _process = RenderProcess()
+            atexit.register(_shutdown)
+        return _process
+
+
+def _shutdown() -> None:
+    """At interpreter exit: draw what is still queued, then stop the child."""
+    from lightning_viz.core import writer
+
+    writer.flush()
+    if _process is not None:
+        _process.close()
+
+
+def render_png(render: Callable[[Any], Any], data: Any) -> Rendered:
+    """Draw ``render(data)`` (a pure function from plain data to a Figure) off the training thread's GIL."""
+    return get_renderer().render(render, data)
+
+
+# ---------------------------------------------------------------------------- the child
+def _child_stats() -> dict[str, Any]:
+    from lightning_viz.render._figure import open_figure_count
+
+    rss = None
+    try:
+        with open("/proc/self/statm") as fh:
+            rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / float(1 << 20)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "open_figures": open_figure_count(),
+        "rss_mb": rss,
+        "pid": os.getpid(),
+        "imports_torch": "torch" in sys.modules,
+    }
+
+
+def _child_main() -> None:
+    """Serve render requests from stdin until it closes; replies go to the original stdout only."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a render function prints goes to stderr, not into the replies
+    sys.stdout = sys.stderr
+    try:
+        os.nice(19)
+    except (AttributeError, OSError):
+        pass
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import traceback
+
+    inp = sys.stdin.buffer
+    while True:
+        frame = _receive(inp)
+        if frame is None:
+            return
+        try:
+            request = pickle.loads(frame)
+        except Exception as err:
+            reply: tuple[Any, ...] = ("load_error", repr(err))
+        else:
+            if request[0] == "stats":
+                reply = ("stats", _child_stats())
+            else:
+                try:
+                    rgba, png = draw(request[1], request[2])
+                    reply = ("ok", rgba, png)
+                except Exception as err:
+                    reply = ("error", type(err).__name__, str(err), traceback.format_exc(limit=8))
+        _send(out, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    _child_main()
