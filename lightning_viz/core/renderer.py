@@ -2,8 +2,9 @@
 
 Drawing a figure is seconds of pure-Python matplotlib work. In a thread of the training process it holds the
 GIL, and a training loop that releases and takes back the GIL around every kernel launch then waits a GIL
-switch interval each time: on a 2-core machine a 6 ms step of the example CNN measured 45-200 ms while a
-figure was drawn in a thread. So the background writer hands each ``render(data) -> Figure`` call to one
+switch interval each time: on a 2-core machine a 3.9 ms step of the example CNN took 14.9 ms while figures
+were drawn in a thread, 4.9 ms while they were drawn in this process (``make bench``, benchmarks/RESULTS.md).
+So the render queue's thread hands each ``render(data) -> Figure`` call to one
 child process (started on first use, ``nice`` 19, one torch thread, matplotlib's Agg backend), which draws,
 rasterises and PNG-encodes the figure and sends the pixels back; the writer thread then hands them to the
 sinks as before. The child holds no GIL of ours and, at the lowest priority, takes CPU time only when the
@@ -19,6 +20,7 @@ in the writer thread.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import struct
@@ -234,6 +236,17 @@ def _child_stats() -> dict[str, Any]:
     }
 
 
+def _malloc_trim() -> Callable[[], Any]:
+    """glibc's ``malloc_trim(0)`` (return freed heap memory to the system), or a no-op elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return lambda: libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return lambda: None
+
+
 def _child_main() -> None:
     """Serve render requests from stdin until it closes; replies go to the original stdout only."""
     out = os.fdopen(os.dup(1), "wb")
@@ -248,6 +261,7 @@ def _child_main() -> None:
     matplotlib.use("Agg")
     import traceback
 
+    trim = _malloc_trim()
     inp = sys.stdin.buffer
     while True:
         frame = _receive(inp)
@@ -267,6 +281,11 @@ def _child_main() -> None:
                 except Exception as err:
                     reply = ("error", type(err).__name__, str(err), traceback.format_exc(limit=8))
         _send(out, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        del reply, frame
+        # A figure is a web of reference cycles, and a big one leaves freed heap that glibc keeps: collect
+        # and hand it back, so the child's memory follows the figure in hand, not the largest ever drawn.
+        gc.collect()
+        trim()
 
 
 if __name__ == "__main__":

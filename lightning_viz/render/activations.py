@@ -12,11 +12,9 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from torchvision.utils import make_grid
 
 from lightning_viz.render._figure import new_figure
 from lightning_viz.render._layout import Room, colorbar_room, fit_axes, nice_ticks, place_grid, suptitle
@@ -58,8 +56,24 @@ def _title_with_nonfinite(ax: Axes, title: str, nonfinite: int) -> None:
     ax.set_title(title, fontsize=9, color="red" if nonfinite > 0 else "black")
 
 
+def tile_grid(tiles: np.ndarray, nrow: int, padding: int, pad_value: float) -> np.ndarray:
+    """``[K, H, W]`` tiles laid out ``nrow`` to a row with ``padding`` pixels of ``pad_value`` around each
+    (the layout of ``torchvision.utils.make_grid``, in numpy, so the render process needs no torch)."""
+    k, h, w = tiles.shape
+    if k == 1:  # as make_grid: a single tile, unpadded
+        return tiles[0]
+    cols = min(nrow, k)
+    rows = math.ceil(k / cols)
+    step_h, step_w = h + padding, w + padding
+    grid = np.full((step_h * rows + padding, step_w * cols + padding), pad_value, dtype=tiles.dtype)
+    for i in range(k):
+        y, x = divmod(i, cols)
+        grid[y * step_h + padding : (y + 1) * step_h, x * step_w + padding : (x + 1) * step_w] = tiles[i]
+    return grid
+
+
 def feature_grid(maps: np.ndarray) -> tuple[np.ndarray, int]:
-    """Tile ``[K, H, W]`` maps with ``torchvision.utils.make_grid``, each channel scaled to [0, 1] on its own.
+    """Tile ``[K, H, W]`` maps, each channel scaled to [0, 1] on its own (on its finite values).
 
     Returns:
         The ``[H', W']`` grid (values in [0, 1]; the padding between tiles is ``PAD_VALUE``, above 1) and the
@@ -68,18 +82,13 @@ def feature_grid(maps: np.ndarray) -> tuple[np.ndarray, int]:
     k = int(maps.shape[0])
     nrow = max(1, math.ceil(math.sqrt(k)))
     tiles = np.array(maps, dtype=np.float32, copy=True)
-    if not np.isfinite(tiles).all():  # scale on the finite values; NaN/Inf stay NaN (drawn as "bad")
-        tiles[~np.isfinite(tiles)] = np.nan
-        for tile in tiles:
-            ok = np.isfinite(tile)
-            lo, hi = (float(tile[ok].min()), float(tile[ok].max())) if ok.any() else (0.0, 1.0)
-            tile -= lo
-            tile /= max(hi - lo, 1e-5)
-        grid = make_grid(torch.from_numpy(tiles)[:, None], nrow=nrow, padding=GRID_PAD, pad_value=PAD_VALUE)
-        return grid[0].numpy(), nrow
-    t = torch.from_numpy(tiles)[:, None]
-    grid = make_grid(t, nrow=nrow, padding=GRID_PAD, normalize=True, scale_each=True, pad_value=PAD_VALUE)
-    return grid[0].numpy(), nrow
+    tiles[~np.isfinite(tiles)] = np.nan  # NaN/Inf stay NaN (drawn as "bad")
+    for tile in tiles:
+        ok = np.isfinite(tile)
+        lo, hi = (float(tile[ok].min()), float(tile[ok].max())) if ok.any() else (0.0, 1.0)
+        tile -= lo
+        tile /= max(hi - lo, 1e-5)
+    return tile_grid(tiles, nrow, GRID_PAD, PAD_VALUE), nrow
 
 
 def render_feature_maps(data: Mapping[str, Any]) -> Figure:
