@@ -18,7 +18,6 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,45 +28,6 @@ CPU_CHUNK = 1 << 18  # elements per chunk on the CPU: fits in L2/L3, keeps tempo
 MAX_EXACT_CHUNK = 1 << 24  # float32 counts are exact below this
 CPU_LANES = 8  # interleaved sub-histograms per bincount on the CPU (breaks the increment dependency chain)
 CPU_THREADS = 1  # intra-op threads for the CPU histogram work (see `_cpu_threads`)
-CPU_SLICE = 1 << 20  # elements per task when the CPU work is spread over worker threads (`_on_workers`)
-MAX_CPU_WORKERS = 4
-PARALLEL_MIN_ELEMENTS = 1 << 22  # below this many values in all, the CPU work stays on the calling thread
-
-
-def _pool(workers: int) -> Any:
-    """A process-wide pool of ``workers`` threads for the CPU histogram work (created on first use)."""
-    global _POOL
-    if _POOL is None or _POOL._max_workers != workers:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lightning-viz-stats")
-    return _POOL
-
-
-_POOL: Any = None
-
-
-def _on_workers(fn: Any, tasks: Sequence[Any], workers: int) -> list[Any]:
-    """``[fn(t) for t in tasks]``, spread over ``workers`` threads that each run torch single-threaded.
-
-    Each worker runs whole, cache-sized operations on its own slice (torch releases the GIL inside them), so
-    no operation ends at a barrier shared with another thread: a descheduled worker delays only its own
-    slices. That keeps the robustness of one intra-op thread on a busy machine and uses the cores of a
-    quiet one.
-    """
-    if workers <= 1 or len(tasks) <= 1:
-        return [fn(t) for t in tasks]
-
-    def run(t: Any) -> Any:
-        if torch.get_num_threads() != 1:
-            torch.set_num_threads(1)  # the worker thread's own setting (OpenMP keeps it per thread)
-        return fn(t)
-
-    return list(_pool(workers).map(run, tasks))
-
-
-def _slices(x: torch.Tensor, size: int = CPU_SLICE) -> list[torch.Tensor]:
-    return [x[i : i + size] for i in range(0, x.numel(), size)]
 
 
 @contextmanager
@@ -241,8 +201,7 @@ def histogram_set(
     Every rank must call this with the same names in the same order (each rank passes its own tensors:
     replicas under DDP, local shards under FSDP2). A tensor may be ``None`` (a parameter with no
     gradient this step); it then shows as empty. Costs two collectives when distributed, none otherwise.
-    CPU tensors run with one intra-op thread; sets of at least ``PARALLEL_MIN_ELEMENTS`` values are cut into
-    slices spread over as many worker threads as ``torch.get_num_threads()`` (at most ``MAX_CPU_WORKERS``).
+    CPU tensors are processed with ``CPU_THREADS`` intra-op threads (see :func:`_cpu_threads`).
 
     Args:
         tensors: the tensors (plain or ``DTensor``), or ``None``.
@@ -255,19 +214,14 @@ def histogram_set(
     """
     tensors = list(tensors)
     on_cpu = all(t is None or t.device.type == "cpu" for t in tensors)
-    # as many single-threaded workers as the caller's intra-op threads (torch.set_num_threads), at most 4
-    # (small models: one thread; handing slices to workers would cost more than it saves)
-    big = sum(t.numel() for t in tensors if t is not None) >= PARALLEL_MIN_ELEMENTS
-    workers = min(torch.get_num_threads(), MAX_CPU_WORKERS) if on_cpu and big else 1
     with _cpu_threads(CPU_THREADS) if on_cpu else nullcontext():
-        return _histogram_set(tensors, names, bins, workers)
+        return _histogram_set(tensors, names, bins)
 
 
 def _histogram_set(
     tensors: Sequence[torch.Tensor | None],
     names: Sequence[str],
     bins: int,
-    workers: int = 1,
 ) -> tuple[HistogramSet, bool]:
     """The work of :func:`histogram_set` (which sets the thread count around it)."""
     names = list(names)
@@ -293,19 +247,8 @@ def _histogram_set(
     finite_parts: dict[int, torch.Tensor] = {}
     try:
         present = [i for i, t in enumerate(locals_) if t is not None and t.numel() > 0]
-        if present and workers > 1:  # CPU: min and max of slices on the workers, combined per tensor
-            parts = [(row, piece) for row, i in enumerate(present) for piece in _slices(locals_[i])]
-            found = _on_workers(
-                lambda rp: torch.stack(torch.aminmax(rp[1])).to(torch.float64), parts, workers
-            )
-            mm = torch.empty(len(present), 2, dtype=torch.float64)
-            mm[:, 0], mm[:, 1] = math.inf, -math.inf
-            for (row, _), v in zip(parts, found):  # NaN propagates through min/max as through aminmax
-                mm[row, 0] = torch.minimum(mm[row, 0], v[0])
-                mm[row, 1] = torch.maximum(mm[row, 1], v[1])
-        elif present:
-            mm = torch.stack([torch.stack(torch.aminmax(locals_[i])) for i in present]).to(torch.float64)
         if present:
+            mm = torch.stack([torch.stack(torch.aminmax(locals_[i])) for i in present]).to(torch.float64)
             mm = mm.cpu()  # one small host copy: which tensors hold non-finite values
             for row, i in enumerate(present):
                 lo, hi = float(mm[row, 0]), float(mm[row, 1])
@@ -360,21 +303,10 @@ def _histogram_set(
             idx = torch.tensor([i for i, _ in work], device=sq.device)
             sumsq = sumsq.to(sq.device).index_copy(0, idx, sq)
             sums = sums.to(sq.device).index_copy(0, idx, sm.to(torch.float64))
-            if workers > 1:  # CPU: slices counted on the workers, added up per tensor
-                tasks = [(i, piece) for i, x in work for piece in _slices(x)]
-
-                def count(task: tuple[int, torch.Tensor]) -> torch.Tensor:
-                    row = torch.zeros(bins, dtype=torch.float64)
-                    count_into(task[1], plans[task[0]][0], plans[task[0]][1], bins, row)
-                    return row
-
-                for (i, _), row in zip(tasks, _on_workers(count, tasks, workers)):
-                    counts[i] += row.to(dev)
-            else:
-                for i, x in work:
-                    row = torch.zeros(bins, dtype=torch.float64, device=x.device)
-                    count_into(x, plans[i][0], plans[i][1], bins, row)
-                    counts[i] = row.to(dev)
+            for i, x in work:
+                row = torch.zeros(bins, dtype=torch.float64, device=x.device)
+                count_into(x, plans[i][0], plans[i][1], bins, row)
+                counts[i] = row.to(dev)
     except Exception:
         failed = True
     red2, any_failed2 = distributed.reduce_values(

@@ -162,33 +162,3 @@ def test_bin_plan_non_finite_range_falls_back():
     w, k = stats.bin_plan(math.nan, math.inf, 10)
     edges = stats.edges_for(w, k, 10)
     assert len(edges) == 11 and edges[0] <= 0 <= edges[-1]
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_large_sets_spread_over_worker_threads_stay_exact(monkeypatch, threads):
-    """Above PARALLEL_MIN_ELEMENTS the CPU work is cut into slices on worker threads: the min/max of the
-    slices are combined, NaN/Inf in one slice are found, counts add up exactly; the caller's thread
-    setting is left as it was."""
-    monkeypatch.setattr(stats, "PARALLEL_MIN_ELEMENTS", 1 << 16)
-    monkeypatch.setattr(stats, "CPU_SLICE", 1 << 14)  # many slices per tensor
-    g = torch.Generator().manual_seed(3)
-    big = torch.randn(100_003, generator=g) * 3
-    odd = torch.randn(50_000, generator=g)
-    odd[40_000] = math.nan  # in a late slice only
-    odd[7] = -math.inf
-    const = torch.full((70_000,), 0.375)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        hs, failed = stats.histogram_set([big, odd, const], ["big", "odd", "const"], 32)
-        assert torch.get_num_threads() == threads
-    finally:
-        torch.set_num_threads(old)
-    assert not failed
-    for i, t in enumerate((big, odd, const)):
-        v = t.double().numpy()
-        fin = v[np.isfinite(v)]
-        expected, _ = np.histogram(fin, bins=hs.edges[i])
-        np.testing.assert_array_equal(hs.counts[i], expected)
-        assert hs.nonfinite[i] == v.size - fin.size and hs.numel[i] == v.size
-        assert hs.minimum[i] == fin.min() and hs.maximum[i] == fin.max()
