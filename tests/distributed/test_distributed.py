@@ -114,6 +114,50 @@ def assert_no_duplicate_events(run: Path) -> None:
     assert len(list(run.rglob("events.out.tfevents.*"))) == 1, "more than one events file"
 
 
+def run_two(argv: list[str], tmp: Path, env: dict[str, str], rank_var: str) -> None:
+    """Start ``argv`` twice, with ``rank_var`` 0 and 1, under the timeout; fail with their logs if one fails."""
+    procs = [
+        subprocess.Popen(
+            argv,
+            cwd=tmp,
+            env={**env, rank_var: str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    try:
+        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+
+
+def run_quickstart_with(tmp: Path, overlay: str, *overrides: str) -> Path:
+    """``lightning-viz fit`` with the quickstart and ``configs/<overlay>``, one short epoch; the run directory,
+    checked to be the only one, with one "pictures are in" line and no event logged twice."""
+    cli = Path(sys.executable).parent / "lightning-viz"
+    cmd = [
+        str(cli), "fit",
+        "--config", str(ROOT / "configs" / "quickstart.yaml"),
+        "--config", str(ROOT / "configs" / overlay),
+        *overrides,
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2",
+        f"--trainer.default_root_dir={tmp}", f"--trainer.logger.init_args.save_dir={tmp}",
+        "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert log.count("lightning-viz: pictures are in") == 1, log[-3000:]
+    runs = sorted((tmp / "quickstart").iterdir())
+    assert [r.name for r in runs] == ["version_0"], "one run directory, written once"
+    assert_no_duplicate_events(runs[0])
+    return runs[0]
+
+
 def viz_files(out: Path) -> list[str]:
     return sorted(
         str(p.relative_to(out)) for p in (out / "tb" / "version_0" / "viz").rglob("*") if p.is_file()
@@ -186,23 +230,7 @@ def test_multi_node_on_loopback_matches_two_devices(tmp_path):
     spec_path = tmp_path / "nodes.json"
     spec_path.write_text(json.dumps(spec))
     env = clean_env(WORLD_SIZE="2", LOCAL_RANK="0")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(spec_path)],
-            cwd=tmp_path,
-            env={**env, "NODE_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    try:
-        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    run_two([sys.executable, str(WORKER), str(spec_path)], tmp_path, env, "NODE_RANK")
     assert sorted(results(out)) == [0, 1]
     assert_no_duplicate_events(out / "tb" / "version_0")
     a, b = tb_histograms(ref), tb_histograms(out)

@@ -29,6 +29,8 @@ from tests.distributed.test_distributed import (
     clean_env,
     edges_of,
     results,
+    run_quickstart_with,
+    run_two,
     tb_histograms,
     viz_files,
 )
@@ -183,24 +185,7 @@ def test_fsdp_strategy_on_two_gpus(tmp_path):
 def test_models_wrapped_before_import_are_found_by_one_heap_scan(tmp_path):
     """Raw torch FSDP1 (no Lightning), wrapped while lightning-viz's module hook was not there."""
     worker = ROOT / "tests" / "distributed" / "fsdp1_index_worker.py"
-    env = clean_env(WORLD_SIZE="2")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(worker), str(tmp_path)],
-            cwd=tmp_path,
-            env={**env, "RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    try:
-        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    run_two([sys.executable, str(worker), str(tmp_path)], tmp_path, clean_env(WORLD_SIZE="2"), "RANK")
     res = json.loads((tmp_path / "result.json").read_text())
     assert res["plain_view"] == [True, 3]  # rank 0 contributes a replica
     assert res["scanned_after_plain"] is False
@@ -221,28 +206,6 @@ def test_models_wrapped_before_import_are_found_by_one_heap_scan(tmp_path):
     assert list(flat["exact"].values()) == [True], flat["exact"]
 
 
-def run_config(tmp_path: Path, *overrides: str) -> Path:
-    """``lightning-viz fit --config configs/quickstart.yaml --config configs/fsdp1.yaml``, a few steps."""
-    cli = Path(sys.executable).parent / "lightning-viz"
-    cmd = [
-        str(cli), "fit",
-        "--config", str(ROOT / "configs" / "quickstart.yaml"),
-        "--config", str(ROOT / "configs" / "fsdp1.yaml"),
-        *overrides,
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
-    assert log.count("lightning-viz: pictures are in") == 1, log[-3000:]
-    runs = sorted((tmp_path / "quickstart").iterdir())
-    assert [r.name for r in runs] == ["version_0"], "one run directory, written once"
-    assert_no_duplicate_events(runs[0])
-    return runs[0]
-
-
 def check_config_run(run: Path) -> None:
     from example_projects.digits import DigitsClassifier
 
@@ -259,8 +222,9 @@ def check_config_run(run: Path) -> None:
 
 def test_config_composes_with_the_quickstart_on_cpu(tmp_path):
     """``configs/fsdp1.yaml`` as written, with the two overrides a CPU needs (see ``CPUFSDPStrategy``)."""
-    run = run_config(
+    run = run_quickstart_with(
         tmp_path,
+        "fsdp1.yaml",
         "--trainer.accelerator=cpu",
         "--trainer.strategy.class_path=tests.distributed.fsdp1_worker.CPUFSDPStrategy",
     )
@@ -269,4 +233,4 @@ def test_config_composes_with_the_quickstart_on_cpu(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 def test_config_composes_with_the_quickstart_on_two_gpus(tmp_path):
-    check_config_run(run_config(tmp_path))
+    check_config_run(run_quickstart_with(tmp_path, "fsdp1.yaml"))
