@@ -162,3 +162,68 @@ def test_bin_plan_non_finite_range_falls_back():
     w, k = stats.bin_plan(math.nan, math.inf, 10)
     edges = stats.edges_for(w, k, 10)
     assert len(edges) == 11 and edges[0] <= 0 <= edges[-1]
+
+
+def test_many_tensors_batched_chunked_and_threaded(monkeypatch):
+    """Small float32 tensors counted together in one batch, large ones in chunks, shared by two threads.
+
+    Includes a small tensor whose bin indices need int64 (a narrow range far from zero), one whose tiny
+    negative value underflows next to a wide range, NaN/Inf in a small and in a large tensor, a float64 and
+    an integer tensor, all checked against numpy on the same edges.
+    """
+    monkeypatch.setattr(stats, "CPU_WORKERS", 2)
+    monkeypatch.setattr(stats, "CPU_PARALLEL_ABOVE", 1000)
+    g = torch.Generator().manual_seed(1)
+    items: list[torch.Tensor] = []
+    for j in range(30):
+        items.append(
+            torch.randn(int(torch.randint(1, 3000, (1,), generator=g)), generator=g) * 2.0 ** (j - 15)
+        )
+    items.append(torch.tensor([1.0, 1.0 + 2.0**-23, 1.0 + 2.0**-22], dtype=torch.float32))  # int64 indices
+    items.append(torch.tensor([-1.4e-45, 200.0], dtype=torch.float32))  # -0.0 after scaling
+    small_nan = torch.randn(500, generator=g)
+    small_nan[::7] = math.nan
+    small_nan[3] = math.inf
+    items.append(small_nan)
+    big = torch.randn(stats.CPU_CHUNK + stats.CPU_BATCH_BELOW + 5, generator=g) * 1e-3 + 0.5
+    big[::1001] = -math.inf
+    items += [big, torch.randn(2 * stats.CPU_BATCH_BELOW, generator=g)]
+    items += [torch.randn(777, generator=g, dtype=torch.float64), torch.arange(-50, 5000, dtype=torch.int32)]
+    for bins in (64, 300):
+        hs, failed = stats.histogram_set(items, [f"t{i}" for i in range(len(items))], bins)
+        assert not failed
+        for i, t in enumerate(items):
+            check_one(hs, i, t, bins)
+
+
+def test_map_cpu_shares_work_keeps_order_and_raises(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(stats, "CPU_WORKERS", 2)
+    monkeypatch.setattr(stats, "CPU_PARALLEL_ABOVE", 0)
+    seen: set[int] = set()
+    gate = threading.Barrier(2, timeout=10)
+
+    def fn(x: int) -> int:
+        seen.add(threading.get_ident())
+        if x >= 98:  # the two largest items go first, one to each thread: both threads must take part
+            gate.wait()
+        return x * x
+
+    items = list(range(100))
+    assert stats._map_cpu(fn, items, items) == [x * x for x in items]
+    assert len(seen) == 2
+
+    def bad(x: int) -> int:
+        if x == 50:
+            raise ValueError("boom")
+        return x
+
+    with pytest.raises(ValueError, match="boom"):
+        stats._map_cpu(bad, items, items)
+    monkeypatch.setattr(stats, "CPU_WORKERS", 1)
+    seen.clear()
+    assert stats._map_cpu(lambda x: seen.add(threading.get_ident()) or -x, items, items) == [
+        -x for x in items
+    ]
+    assert seen == {threading.get_ident()}
