@@ -536,13 +536,23 @@ class ActivationMapCallback(VizCallback):
             self._emit(trainer, render_heatmaps, data, "heatmaps", step_stem("heatmaps", step), step, None)
         history = {n: {k: list(v) for k, v in h.items()} for n, h in self.history.items()}
         data = {"saturation_threshold": self.saturation_threshold, "layers": history}
-        self._emit(trainer, render_activation_stats, data, "stats", "stats", step, None)
+        self._emit(trainer, render_activation_stats, data, "stats", "stats", step, None, cumulative=True)
 
     def _emit(
-        self, trainer: Trainer, render: Any, data: Any, what: str, stem: str, step: int, save: Any
+        self,
+        trainer: Trainer,
+        render: Any,
+        data: Any,
+        what: str,
+        stem: str,
+        step: int,
+        save: Any,
+        cumulative: bool = False,
     ) -> None:
         tag = f"viz/{self.viz_name}/{what}"
-        self.emit_figure(trainer, render, data, tag=tag, stem=stem, step=step, save_data=save)
+        self.emit_figure(
+            trainer, render, data, tag=tag, stem=stem, step=step, save_data=save, cumulative=cumulative
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

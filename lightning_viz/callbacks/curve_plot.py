@@ -292,6 +292,7 @@ class CurvePlotCallback(VizCallback):
                 stem=stem,
                 step=trainer.global_step,
                 save_data=False,
+                cumulative=True,
             )
             self.emit_data(trainer, "curves", {**data, "figure": stem})  # `lightning-viz render` redraws it
             self._check_panels(trainer)

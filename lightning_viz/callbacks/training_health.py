@@ -722,6 +722,7 @@ class TrainingHealthCallback(VizCallback):
                 tag=f"viz/{self.viz_name}/health",
                 stem=step_stem("health", step),
                 step=step,
+                cumulative=True,
             )
 
     def summary_text(self) -> str:

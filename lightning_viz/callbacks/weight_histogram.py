@@ -26,33 +26,76 @@ def _owns_parameters(_name: str, module: nn.Module) -> bool:
     return next(module.parameters(recurse=False), None) is not None
 
 
-def _new_series() -> dict[str, Any]:
-    return {**{key: [] for key in _LISTS}, "seen": 0, "stride": 1}
+class _Series:
+    """One parameter's thinned history, in arrays allocated (and touched) once for ``max_history + 1``
+    snapshots and written in place: recording a capture allocates nothing that lives on, and the memory a
+    full history needs is taken at the first capture instead of creeping up while the history fills."""
 
+    def __init__(self, capacity: int, bins: int) -> None:
+        self.n = 0  # snapshots kept
+        self.seen = 0  # captures ever appended (the thinning grid counts these)
+        self.stride = 1
+        self.steps = np.full(capacity, 0, dtype=np.int64)
+        self.index = np.full(capacity, 0, dtype=np.int64)
+        self.k = np.full(capacity, 0, dtype=np.int64)
+        self.w = np.full(capacity, 0.0, dtype=np.float64)
+        self.counts = np.full((capacity, bins), 0, dtype=np.int64)
+        self.nonfinite = np.full(capacity, 0, dtype=np.int64)
 
-def _append(series: dict[str, Any], snap: Mapping[str, Any], max_history: int) -> None:
-    """Add a snapshot and thin evenly: keep snapshots whose capture index is a multiple of a stride that
-    doubles whenever more than ``max_history`` are kept, plus always the first and the latest."""
-    while series["steps"] and series["steps"][-1] >= snap["steps"]:  # a resumed run went back in time
+    @property
+    def capacity(self) -> int:
+        return len(self.steps)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The kept snapshots (views), by field."""
+        return {key: getattr(self, key)[: self.n] for key in _LISTS}
+
+    def append(
+        self, step: int, k: int, w: float, counts: np.ndarray, nonfinite: int, max_history: int
+    ) -> None:
+        """Add a snapshot and thin evenly: keep snapshots whose capture index is a multiple of a stride
+        that doubles whenever more than ``max_history`` are kept, plus always the first and the latest."""
+        while self.n and self.steps[self.n - 1] >= step:  # a resumed run went back in time
+            self.n -= 1
+        if self.n and self.index[self.n - 1] % self.stride:  # the previous "latest" was off the grid
+            self.n -= 1
+        j = self.n
+        self.steps[j], self.index[j], self.k[j], self.w[j] = step, self.seen, k, w
+        self.counts[j] = counts
+        self.nonfinite[j] = nonfinite
+        self.n += 1
+        self.seen += 1
+        self.thin(max_history)
+
+    def thin(self, max_history: int) -> None:
+        while self.n > max_history:
+            self.stride *= 2
+            keep = np.flatnonzero(self.index[: self.n] % self.stride == 0)
+            if keep.size == 0 or keep[-1] != self.n - 1:
+                keep = np.append(keep, self.n - 1)
+            for key in _LISTS:
+                arr = getattr(self, key)
+                arr[: keep.size] = arr[keep]
+            self.n = int(keep.size)
+
+    @classmethod
+    def from_arrays(
+        cls, fields: Mapping[str, np.ndarray], seen: int, stride: int, bins: int, max_history: int
+    ) -> _Series:
+        """A series from saved fields (equal lengths), thinned to ``max_history``."""
+        n = len(fields["steps"])
+        series = cls(max(n, max_history + 1), bins)
         for key in _LISTS:
-            series[key].pop()
-    index = series["index"]
-    if index and index[-1] % series["stride"]:  # the previous "latest" was off the grid
-        for key in _LISTS:
-            series[key].pop()
-    for key in _LISTS:
-        series[key].append(series["seen"] if key == "index" else snap[key])
-    series["seen"] += 1
-    _thin(series, max_history)
-
-
-def _thin(series: dict[str, Any], max_history: int) -> None:
-    while len(series["index"]) > max_history:
-        series["stride"] *= 2
-        last = len(series["index"]) - 1
-        keep = [j for j, c in enumerate(series["index"]) if c % series["stride"] == 0 or j == last]
-        for key in _LISTS:
-            series[key] = [series[key][j] for j in keep]
+            getattr(series, key)[:n] = fields[key]
+        series.n, series.seen, series.stride = n, seen, stride
+        series.thin(max_history)
+        if series.capacity > max_history + 1:  # a longer saved history: back to the usual size
+            small = cls(max_history + 1, bins)
+            for key in _LISTS:
+                getattr(small, key)[: series.n] = getattr(series, key)[: series.n]
+            small.n, small.seen, small.stride = series.n, series.seen, series.stride
+            series = small
+        return series
 
 
 class WeightHistogramCallback(VizCallback):
@@ -127,7 +170,7 @@ class WeightHistogramCallback(VizCallback):
         self.max_history = max_history
         self.figure_every_n_epochs = figure_every_n_epochs
         self._params: list[tuple[str, torch.Tensor]] | None = None
-        self._history: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in SELECTIONS[log]}
+        self._history: dict[str, dict[str, _Series]] = {s: {} for s in SELECTIONS[log]}
         self._last_step = -1
         self._version = 0  # bumps on every recorded capture; figures are redrawn only when it moved
         self._drawn_version = 0
@@ -239,14 +282,10 @@ class WeightHistogramCallback(VizCallback):
                 continue
             edges = hs.edges[i]
             w = float(edges[1] - edges[0])
-            snap = {
-                "steps": step,
-                "k": round(edges[0] / w),
-                "w": w,
-                "counts": hs.counts[i].copy(),
-                "nonfinite": int(hs.nonfinite[i]),
-            }
-            _append(self._history[sel].setdefault(name, _new_series()), snap, self.max_history)
+            series = self._history[sel].get(name)
+            if series is None:
+                series = self._history[sel][name] = _Series(self.max_history + 1, self.bins)
+            series.append(step, round(edges[0] / w), w, hs.counts[i], int(hs.nonfinite[i]), self.max_history)
         self._version += 1
 
     def _report_nonfinite(self, hs: stats.HistogramSet, step: int) -> None:
@@ -291,23 +330,34 @@ class WeightHistogramCallback(VizCallback):
         self.emit_scalars(trainer, scalars, step)
 
     # ------------------------------------------------------------------ figures
-    def evolution_data(self, selection: str) -> dict[str, Any]:
-        """The plain data behind one evolution figure (fresh arrays, safe to hand to another thread)."""
+    def evolution_data(self, selection: str, compact: bool = False) -> dict[str, Any]:
+        """The plain data behind one evolution figure (fresh arrays, safe to hand to another thread).
+
+        With ``compact``, each parameter has ``k`` and ``w`` (its edges are ``(k + arange(bins + 1)) * w``)
+        instead of ``edges``, and int32 counts where they fit: a quarter of the size, for the render queue.
+        """
         params = []
-        for name, s in self._history.get(selection, {}).items():
-            if not s["steps"]:
+        for name, series in self._history.get(selection, {}).items():
+            if not series.n:
                 continue
-            k, w = np.asarray(s["k"], dtype=np.float64), np.asarray(s["w"], dtype=np.float64)
-            params.append(
-                {
-                    "name": name,
-                    "numel": int(np.sum(s["counts"][-1]) + s["nonfinite"][-1]),
-                    "steps": np.asarray(s["steps"], dtype=np.int64),
-                    "edges": (k[:, None] + np.arange(self.bins + 1)) * w[:, None],
-                    "counts": np.stack(s["counts"]).astype(np.int64),
-                    "nonfinite": np.asarray(s["nonfinite"], dtype=np.int64),
-                }
-            )
+            s = series.arrays()
+            p = {
+                "name": name,
+                "numel": int(np.sum(s["counts"][-1]) + s["nonfinite"][-1]),
+                "steps": s["steps"].copy(),
+                "nonfinite": s["nonfinite"].copy(),
+            }
+            if compact:
+                small = s["counts"].max(initial=0) < 2**31
+                p.update(
+                    k=s["k"].copy(),
+                    w=s["w"].copy(),
+                    counts=s["counts"].astype(np.int32 if small else np.int64),
+                )
+            else:
+                p["edges"] = (s["k"].astype(np.float64)[:, None] + np.arange(self.bins + 1)) * s["w"][:, None]
+                p["counts"] = s["counts"].copy()
+            params.append(p)
         return {"title": f"{selection} over training", "params": params}
 
     def _draw(self, trainer: Trainer) -> None:
@@ -320,6 +370,7 @@ class WeightHistogramCallback(VizCallback):
                 data = self.evolution_data(sel)
                 if not data["params"]:
                     continue
+                compact = self.evolution_data(sel, compact=True)  # what waits in the render queue
                 arrays: dict[str, np.ndarray] = {"parameters": np.array([p["name"] for p in data["params"]])}
                 for p in data["params"]:
                     for key in ("steps", "edges", "counts", "nonfinite"):
@@ -327,7 +378,14 @@ class WeightHistogramCallback(VizCallback):
                 stem = step_stem(f"{sel}_evolution", step)
                 tag = f"viz/{self.viz_name}/{sel}_evolution"
                 self.emit_figure(
-                    trainer, render_evolution, data, tag=tag, stem=stem, step=step, save_data=arrays
+                    trainer,
+                    render_evolution,
+                    compact,
+                    tag=tag,
+                    stem=stem,
+                    step=step,
+                    save_data=arrays,
+                    cumulative=True,
                 )
 
     # ------------------------------------------------------------------ state
@@ -335,16 +393,9 @@ class WeightHistogramCallback(VizCallback):
         history = {
             sel: {
                 name: {
-                    "steps": torch.tensor(s["steps"], dtype=torch.int64),
-                    "index": torch.tensor(s["index"], dtype=torch.int64),
-                    "k": torch.tensor(s["k"], dtype=torch.int64),
-                    "w": torch.tensor(s["w"], dtype=torch.float64),
-                    "counts": torch.from_numpy(np.stack(s["counts"]).astype(np.int64))
-                    if s["counts"]
-                    else torch.zeros(0, self.bins, dtype=torch.int64),
-                    "nonfinite": torch.tensor(s["nonfinite"], dtype=torch.int64),
-                    "seen": int(s["seen"]),
-                    "stride": int(s["stride"]),
+                    **{key: torch.from_numpy(arr.copy()) for key, arr in s.arrays().items()},
+                    "seen": int(s.seen),
+                    "stride": int(s.stride),
                 }
                 for name, s in series.items()
             }
@@ -374,20 +425,21 @@ class WeightHistogramCallback(VizCallback):
                 continue
             for name, s in dict(series).items():
                 try:
-                    loaded = {
-                        key: [v.item() if hasattr(v, "item") else v for v in s[key]]
-                        for key in _LISTS
-                        if key != "counts"
-                    }
-                    loaded["counts"] = [np.asarray(row, dtype=np.int64) for row in s["counts"]]
-                    if len({len(v) for v in loaded.values()}) != 1:
-                        raise ValueError("lists of unequal length")
-                    if any(row.shape != (self.bins,) for row in loaded["counts"]):
+                    if np.ndim(s["counts"]) != 2 or np.shape(s["counts"])[1] != self.bins:
                         raise ValueError(f"counts are not rows of {self.bins} bins")
-                    loaded["seen"], loaded["stride"] = int(s["seen"]), int(s["stride"])
+                    fields = {
+                        key: np.asarray(s[key], dtype=np.float64 if key == "w" else np.int64).reshape(
+                            (-1, self.bins) if key == "counts" else (-1,)
+                        )
+                        for key in _LISTS
+                    }
+                    if len({len(v) for v in fields.values()}) != 1:
+                        raise ValueError("lists of unequal length")
+                    loaded = _Series.from_arrays(  # thinned: `max_history` may be smaller than before
+                        fields, int(s["seen"]), int(s["stride"]), self.bins, self.max_history
+                    )
                 except (KeyError, TypeError, ValueError) as err:
                     warn(f"the saved history of {sel}/{name} is unreadable ({err!r})", "it is skipped")
                     continue
-                _thin(loaded, self.max_history)  # `max_history` may be smaller than before
                 self._history[sel][name] = loaded
         self._version += 1

@@ -80,6 +80,8 @@ class VizCallback(Callback):
         self._sinks = make_sinks(trainer.loggers, self.viz_dir) if distributed.is_emitter(trainer) else []
         # An unwritable output directory drops the file sink (one warning); the loggers still receive.
         self._sinks = writer.drop_unwritable_files(self._sinks, self.viz_dir, type(self).__name__)
+        if self._sinks:  # figures will be drawn here: let the render process load matplotlib now
+            renderer.get_renderer().start()
         self.check_setup(trainer, pl_module, stage)
 
     def on_load_checkpoint(
@@ -128,8 +130,10 @@ class VizCallback(Callback):
     def emitting(self, trainer: Trainer) -> bool:
         return distributed.is_emitter(trainer) and bool(self._sinks)
 
-    def _submit(self, label: str, job: Callable[[], None], queue: Literal["io", "render"] = "io") -> None:
-        writer.get_writer(queue).submit(job, f"{type(self).__name__} {label}", self.when_full)
+    def _submit(
+        self, label: str, job: Callable[[], None], queue: Literal["io", "render"] = "io", key: Any = None
+    ) -> None:
+        writer.get_writer(queue).submit(job, f"{type(self).__name__} {label}", self.when_full, key)
 
     def emit_figure(
         self,
@@ -141,6 +145,7 @@ class VizCallback(Callback):
         stem: str,
         step: int,
         save_data: Any = None,
+        cumulative: bool = False,
     ) -> None:
         """Draw ``render(data)`` in the render process (see :mod:`~lightning_viz.core.renderer`), off the
         training thread, and hand the picture to every sink (rank zero only).
@@ -152,6 +157,9 @@ class VizCallback(Callback):
             stem: file stem under the output directory.
             step: global step for loggers.
             save_data: what to save beside the PNG (defaults to ``data``); ``False`` saves nothing.
+            cumulative: the figure shows everything so far, so a newer one with the same tag may take the
+                place of this one while it still waits to be drawn and drawing is behind (see
+                :mod:`~lightning_viz.core.writer`); its data is saved either way.
         """
         if not self.emitting(trainer):
             return
@@ -167,7 +175,7 @@ class VizCallback(Callback):
             rgba, png = renderer.render_png(render, data)
             self._submit(stem, lambda: fan_out(sinks, "figure", tag, rgba, png, step, stem, owner=owner))
 
-        self._submit(stem, draw, "render")
+        self._submit(stem, draw, "render", key=(id(self), tag) if cumulative else None)
 
     def emit_histograms(
         self,

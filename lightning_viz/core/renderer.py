@@ -5,7 +5,8 @@ GIL, and a training loop that releases and takes back the GIL around every kerne
 switch interval each time: on a 2-core machine a 3.9 ms step of the example CNN took 14.9 ms while figures
 were drawn in a thread, 4.9 ms while they were drawn in this process (``make bench``, benchmarks/RESULTS.md).
 So the render queue's thread hands each ``render(data) -> Figure`` call to one
-child process (started on first use, ``nice`` 19, one torch thread, matplotlib's Agg backend), which draws,
+child process (started when a callback is set up; it loads matplotlib and the render functions, then
+drops to ``nice`` 19; one torch thread, matplotlib's Agg backend), which draws,
 rasterises and PNG-encodes the figure and sends the pixels back; the writer thread then hands them to the
 sinks as before. The child holds no GIL of ours and, at the lowest priority, takes CPU time only when the
 training processes leave some.
@@ -117,14 +118,27 @@ class RenderProcess:
             "thread of the training process from now on. Training continues.",
         )
 
-    def _call(self, request: bytes) -> tuple[Any, ...] | None:
-        """Send one request and wait for its reply; None when the child is gone (it is then given up)."""
+    def start(self) -> None:
+        """Start the child now, if figures are to be drawn in it, so that it loads matplotlib and the
+        render functions before training takes the CPU (it does so at normal priority, then drops to
+        ``nice`` 19). Callbacks call this in ``setup``; otherwise the child starts on the first figure."""
+        with self._lock:
+            if self._proc is None and self.broken is None and mode() == "process":
+                self._ensure_started()
+
+    def _ensure_started(self) -> bool:
         if self._proc is None:
             try:
                 self._proc = self._start()
             except OSError as err:
                 self._fail(f"could not start: {err!r}")
-                return None
+                return False
+        return True
+
+    def _call(self, request: bytes) -> tuple[Any, ...] | None:
+        """Send one request and wait for its reply; None when the child is gone (it is then given up)."""
+        if not self._ensure_started():
+            return None
         proc = self._proc
         assert proc.stdin is not None and proc.stdout is not None
         try:
@@ -236,6 +250,22 @@ def _child_stats() -> dict[str, Any]:
     }
 
 
+def _warm_up() -> None:
+    """Load matplotlib, the render functions and a font, and draw once: the child's one-off start-up work,
+    done before it lowers its priority (at ``nice`` 19 on a busy machine it could take minutes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lightning_viz.render import _figure, activations, curves, health, histograms, summary  # noqa: F401
+
+    fig = _figure.new_figure(1.0, 0.5, layout=None)
+    try:
+        fig.text(0.1, 0.5, "warm-up 0.1", fontsize=8)
+        _figure.to_rgba(fig)
+    finally:
+        _figure.close_figure(fig)
+
+
 def _malloc_trim() -> Callable[[], Any]:
     """glibc's ``malloc_trim(0)`` (return freed heap memory to the system), or a no-op elsewhere."""
     try:
@@ -253,12 +283,13 @@ def _child_main() -> None:
     os.dup2(2, 1)  # anything a render function prints goes to stderr, not into the replies
     sys.stdout = sys.stderr
     try:
+        _warm_up()
+    except Exception:  # a failure here shows again, with its reason, on the first real figure
+        pass
+    try:
         os.nice(19)
     except (AttributeError, OSError):
         pass
-    import matplotlib
-
-    matplotlib.use("Agg")
     import traceback
 
     trim = _malloc_trim()

@@ -8,6 +8,12 @@ end, when training raises, and at interpreter exit, so no picture is lost.
 
 When the queue is full, the submitting callback's policy applies: ``"wait"`` blocks the training step until
 there is room (nothing is lost), ``"drop_oldest"`` discards the oldest pending job and warns once.
+
+A figure that shows everything so far (an evolution figure, learning curves) is submitted with a key. When
+drawing falls behind (``SUPERSEDE_ABOVE`` or more jobs waiting) and an older figure with the same key is
+still waiting, the newer one takes its place in the queue instead of queueing behind it: the older picture
+is not drawn (its data file is written as usual, and ``lightning-viz render`` draws it from there), one
+warning says so, and the backlog, and the memory it holds, stops growing with every epoch.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from lightning_viz.core.warn import warn_once
 
 WhenFull = Literal["wait", "drop_oldest"]
 QUEUE_SIZE = 32
+SUPERSEDE_ABOVE = 8  # jobs waiting: from here on a keyed job replaces a waiting one with the same key
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -125,11 +132,12 @@ class BackgroundWriter:
     """One daemon thread that runs submitted jobs in order."""
 
     def __init__(self, maxsize: int = QUEUE_SIZE, name: str = "lightning-viz-writer") -> None:
-        self._queue: queue.Queue[tuple[Callable[[], None], str] | None] = queue.Queue(maxsize=maxsize)
+        self._queue: queue.Queue[tuple[Callable[[], None], str, Any] | None] = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.name = name
         self.dropped = 0
+        self.superseded = 0
         self.completed = 0
 
     def _ensure_thread(self) -> None:
@@ -144,7 +152,7 @@ class BackgroundWriter:
             try:
                 if item is None:
                     return
-                job, label = item
+                job, label, _ = item
                 try:
                     job()
                 except Exception as err:  # a failed picture never reaches the training loop
@@ -155,15 +163,23 @@ class BackgroundWriter:
             finally:
                 self._queue.task_done()
 
-    def submit(self, job: Callable[[], None], label: str, when_full: WhenFull = "wait") -> None:
-        """Queue ``job``; ``label`` names it in warnings (e.g. ``"WeightHistogramCallback step 40"``)."""
+    def submit(
+        self, job: Callable[[], None], label: str, when_full: WhenFull = "wait", key: Any = None
+    ) -> None:
+        """Queue ``job``; ``label`` names it in warnings (e.g. ``"WeightHistogramCallback step 40"``).
+
+        ``key`` (hashable) marks a job that makes any waiting job with the same key redundant: see the
+        module docstring.
+        """
         self._ensure_thread()
+        if key is not None and self._supersede(job, label, key):
+            return
         if when_full == "wait":
-            self._queue.put((job, label))
+            self._queue.put((job, label, key))
             return
         while True:
             try:
-                self._queue.put_nowait((job, label))
+                self._queue.put_nowait((job, label, key))
                 return
             except queue.Full:
                 try:
@@ -178,6 +194,31 @@ class BackgroundWriter:
                         "lightning-viz: the rendering queue is full and `when_full='drop_oldest'`; dropped "
                         f"{old[1]}. Use `when_full='wait'` to keep every picture.",
                     )
+
+    def _supersede(self, job: Callable[[], None], label: str, key: Any) -> bool:
+        """Put ``job`` in the place of a waiting job with the same key, when the queue is behind."""
+        with self._queue.mutex:
+            waiting = self._queue.queue
+            if len(waiting) < SUPERSEDE_ABOVE:
+                return False
+            same = [i for i, item in enumerate(waiting) if item is not None and item[2] == key]
+            if not same:
+                return False
+            old = waiting[same[0]][1]
+            waiting[same[0]] = (job, label, key)  # the oldest one's place in the queue
+            for i in reversed(same[1:]):  # any later ones are redundant too
+                del waiting[i]
+                self._queue.unfinished_tasks -= 1
+                self._queue.not_full.notify()
+            self.superseded += len(same)
+        warn_once(
+            ("writer-supersede", self.name),
+            f"lightning-viz: figures are produced faster than they are drawn ({SUPERSEDE_ABOVE} or more "
+            f"waiting); {old} was replaced by the newer {label}, which shows the same history and more. Data "
+            "files are written as usual (`lightning-viz render DIR` draws figures from them). Figures that are not cumulative "
+            "are all drawn. Training continues; this warning is shown once.",
+        )
+        return True
 
     def flush(self) -> None:
         """Block until every queued job has run."""

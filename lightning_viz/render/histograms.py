@@ -86,8 +86,12 @@ def panel_matrix(p: Mapping[str, Any], max_cells: int = 512) -> tuple[np.ndarray
     ``share`` is the fraction of each snapshot's finite values in each cell; None when no snapshot holds a
     finite value. The grid spans the occupied bins of all snapshots.
     """
-    edges = np.asarray(p["edges"], dtype=np.float64)
     counts = np.asarray(p["counts"], dtype=np.float64)
+    if "edges" in p:
+        edges = np.asarray(p["edges"], dtype=np.float64)
+    else:  # the compact form: bin i of snapshot j is [(k[j] + i) * w[j], (k[j] + i + 1) * w[j])
+        k, w = np.asarray(p["k"], dtype=np.float64), np.asarray(p["w"], dtype=np.float64)
+        edges = (k[:, None] + np.arange(counts.shape[1] + 1)) * w[:, None]
     filled = counts.sum(axis=1) > 0
     if not filled.any():
         return None
@@ -151,7 +155,8 @@ def render_evolution(data: Mapping[str, Any], max_panels: int = MAX_PANELS) -> F
 
     Args:
         data: ``{"title": str, "params": [{"name": str, "numel": int, "steps": [n],
-            "edges": [n, bins + 1], "counts": [n, bins], "nonfinite": [n]}, ...]}`` with steps increasing.
+            "edges": [n, bins + 1], "counts": [n, bins], "nonfinite": [n]}, ...]}`` with steps increasing;
+            ``"k": [n], "w": [n]`` may stand for ``edges = (k[:, None] + arange(bins + 1)) * w[:, None]``.
         max_panels: at most this many panels; the title says how many parameters were left out.
 
     Returns:

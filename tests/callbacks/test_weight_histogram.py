@@ -252,13 +252,75 @@ def test_state_dict_round_trip_through_torch_save(tmp_path):
 
 
 def test_thinning_is_even_and_keeps_first_and_last():
-    series = wh._new_series()
+    series = wh._Series(13, 2)
+    buffers = {key: getattr(series, key) for key in wh._LISTS}
     for step in range(0, 1000, 10):
-        wh._append(series, {"steps": step, "k": 0, "w": 1.0, "counts": np.zeros(2), "nonfinite": 0}, 12)
-        assert len(series["steps"]) <= 12
-        assert series["steps"][0] == 0 and series["steps"][-1] == step
-    gaps = np.diff(series["steps"][:-1])
-    assert len(set(gaps.tolist())) == 1 and len(series["steps"]) >= 6
+        series.append(step, 0, 1.0, np.array([step, 1]), 0, 12)
+        steps = series.arrays()["steps"]
+        assert len(steps) <= 12
+        assert steps[0] == 0 and steps[-1] == step
+        np.testing.assert_array_equal(series.arrays()["counts"][:, 0], steps)  # rows move with their steps
+    gaps = np.diff(series.arrays()["steps"][:-1])
+    assert len(set(gaps.tolist())) == 1 and len(series.arrays()["steps"]) >= 6
+    # written in place: the arrays allocated at the start are the ones still in use
+    assert all(getattr(series, key) is buffers[key] for key in wh._LISTS)
+
+
+def test_thinning_matches_the_list_reference():
+    """The preallocated series keeps exactly the snapshots a plain list implementation keeps."""
+    kept: list[tuple[int, int]] = []  # (capture index, step)
+    stride = 1
+    series = wh._Series(8, 1)
+    steps = list(range(0, 300, 3)) + list(range(150, 400, 5))  # a resumed run goes back to step 150
+    for seen, step in enumerate(steps):
+        while kept and kept[-1][1] >= step:
+            kept.pop()
+        if kept and kept[-1][0] % stride:
+            kept.pop()
+        kept.append((seen, step))
+        while len(kept) > 7:
+            stride *= 2
+            kept = [c for j, c in enumerate(kept) if c[0] % stride == 0 or j == len(kept) - 1]
+        series.append(step, 0, 1.0, np.array([step]), 0, 7)
+        assert series.arrays()["steps"].tolist() == [s for _, s in kept]
+        assert series.arrays()["index"].tolist() == [c for c, _ in kept]
+
+
+def test_longer_saved_history_is_thinned_into_the_usual_buffers():
+    """A checkpoint saved with a larger ``max_history`` loads thinned, into buffers of the current size."""
+    n = 40
+    saved = {
+        "steps": torch.arange(n) * 10,
+        "index": torch.arange(n),
+        "k": torch.full((n,), -4),
+        "w": torch.full((n,), 0.125, dtype=torch.float64),
+        "counts": torch.arange(n * 8).reshape(n, 8),
+        "nonfinite": torch.zeros(n, dtype=torch.int64),
+        "seen": n,
+        "stride": 1,
+    }
+    cb = WeightHistogramCallback(bins=8, max_history=6)
+    cb.load_state_dict({"version": 1, "bins": 8, "last_step": 390, "history": {"weights": {"a": saved}}})
+    (a,) = cb.evolution_data("weights")["params"]
+    assert len(a["steps"]) <= 6 and a["steps"][0] == 0 and a["steps"][-1] == 390
+    np.testing.assert_array_equal(a["counts"], saved["counts"].numpy()[a["steps"] // 10])
+    assert cb._history["weights"]["a"].capacity == 7
+    again = WeightHistogramCallback(bins=8, max_history=6)
+    again.load_state_dict(cb.state_dict())  # round trip
+    np.testing.assert_array_equal(again.evolution_data("weights")["params"][0]["counts"], a["counts"])
+
+    # the compact form sent to the render process draws the same picture as the full one
+    from lightning_viz.render._figure import close_figure, to_rgba
+    from lightning_viz.render.histograms import render_evolution
+
+    compact = cb.evolution_data("weights", compact=True)
+    assert "edges" not in compact["params"][0] and compact["params"][0]["counts"].dtype == np.int32
+    pictures = []
+    for data in (cb.evolution_data("weights"), compact):
+        fig = render_evolution(data)
+        pictures.append(to_rgba(fig))
+        close_figure(fig)
+    np.testing.assert_array_equal(pictures[0], pictures[1])
 
 
 def test_load_state_dict_tolerates_old_or_broken_state():

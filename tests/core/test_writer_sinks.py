@@ -66,6 +66,37 @@ def test_writer_drop_oldest_warns_once_and_keeps_newest():
     assert len([r for r in rec if issubclass(r.category, VizWarning)]) == 1
 
 
+def test_cumulative_jobs_supersede_waiting_ones_only_when_behind(monkeypatch):
+    """Below SUPERSEDE_ABOVE waiting jobs every keyed job runs; from there on a newer keyed job takes the
+    place of the waiting one with the same key (one warning), and unkeyed jobs all run, in order."""
+    from lightning_viz.core import writer
+
+    monkeypatch.setattr(writer, "SUPERSEDE_ABOVE", 4)
+    w = BackgroundWriter(maxsize=32)
+    gate = threading.Event()
+    seen: list[str] = []
+    w.submit(gate.wait, "blocker")
+    while w._queue.qsize():  # the worker holds the blocker: everything below waits in the queue
+        pass
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        w.submit(lambda: seen.append("evo 1"), "evo 1", key="evo")
+        w.submit(lambda: seen.append("map 1"), "map 1")
+        w.submit(lambda: seen.append("evo 2"), "evo 2", key="evo")  # 2 waiting: not behind yet, queued
+        w.submit(lambda: seen.append("curves 1"), "curves 1", key="curves")
+        w.submit(lambda: seen.append("evo 3"), "evo 3", key="evo")  # 4 waiting: replaces evo 1 and 2
+        w.submit(lambda: seen.append("map 2"), "map 2")
+        w.submit(lambda: seen.append("curves 2"), "curves 2", key="curves")  # replaces curves 1
+        w.submit(lambda: seen.append("other 1"), "other 1", key="other")  # no waiting twin: queued
+        assert w.pending() == 1 + 5  # the blocker, then evo 3, map 1, curves 2, map 2, other 1
+    gate.set()
+    w.flush()
+    assert seen == ["evo 3", "map 1", "curves 2", "map 2", "other 1"]
+    assert w.superseded == 3 and w.pending() == 0
+    messages = [str(r.message) for r in rec if issubclass(r.category, VizWarning)]
+    assert len(messages) == 1 and "evo 1 was replaced by the newer evo 3" in messages[0]
+
+
 def test_failing_job_warns_and_worker_survives():
     w = BackgroundWriter()
     out: list[str] = []
