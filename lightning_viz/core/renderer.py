@@ -2,11 +2,11 @@
 
 Drawing a figure is seconds of pure-Python matplotlib work. In a thread of the training process it holds the
 GIL, and a training loop that releases and takes back the GIL around every kernel launch then waits a GIL
-switch interval each time: on a 2-core machine a 3.9 ms step of the example CNN took 14.9 ms while figures
-were drawn in a thread, 4.9 ms while they were drawn in this process (``make bench``, benchmarks/RESULTS.md).
+switch interval each time: on a 2-core machine a 4.4 ms step of the example CNN took 17.2 ms while figures
+were drawn in a thread, 4.7 ms while they were drawn in this process (``make bench``, benchmarks/RESULTS.md).
 So the render queue's thread hands each ``render(data) -> Figure`` call to one
 child process (started when a callback is set up; it loads matplotlib and the render functions, then
-drops to ``nice`` 19; one torch thread, matplotlib's Agg backend), which draws,
+drops to ``nice`` 19 and ``SCHED_IDLE``; one torch thread, matplotlib's Agg backend), which draws,
 rasterises and PNG-encodes the figure and sends the pixels back; the writer thread then hands them to the
 sinks as before. The child holds no GIL of ours and, at the lowest priority, takes CPU time only when the
 training processes leave some.
@@ -121,7 +121,8 @@ class RenderProcess:
     def start(self) -> None:
         """Start the child now, if figures are to be drawn in it, so that it loads matplotlib and the
         render functions before training takes the CPU (it does so at normal priority, then drops to
-        ``nice`` 19). Callbacks call this in ``setup``; otherwise the child starts on the first figure."""
+        the lowest priority, see :func:`_lowest_priority`). Callbacks call this in ``setup``; otherwise the
+        child starts on the first figure."""
         with self._lock:
             if self._proc is None and self.broken is None and mode() == "process":
                 self._ensure_started()
@@ -247,6 +248,9 @@ def _child_stats() -> dict[str, Any]:
         "rss_mb": rss,
         "pid": os.getpid(),
         "imports_torch": "torch" in sys.modules,
+        "warmed_up": "lightning_viz.render.histograms" in sys.modules,
+        "sched_idle": hasattr(os, "SCHED_IDLE") and os.sched_getscheduler(0) == os.SCHED_IDLE,
+        "nice": os.nice(0) if hasattr(os, "nice") else None,
     }
 
 
@@ -264,6 +268,22 @@ def _warm_up() -> None:
         _figure.to_rgba(fig)
     finally:
         _figure.close_figure(fig)
+
+
+def _lowest_priority() -> None:
+    """``nice`` 19, and on Linux the ``SCHED_IDLE`` policy: the child then runs only when no training thread
+    wants the core. At ``nice`` 19 alone it still took time slices from training threads, and a training
+    step whose intra-op threads wait for one another at a barrier stalls whenever one of them is preempted
+    (``make bench``: the example CNN's steps took 1.20 times as long beside a drawing render process at
+    ``nice`` 19, 1.05 times with ``SCHED_IDLE``)."""
+    try:
+        os.nice(19)
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
 
 
 def _malloc_trim() -> Callable[[], Any]:
@@ -286,10 +306,7 @@ def _child_main() -> None:
         _warm_up()
     except Exception:  # a failure here shows again, with its reason, on the first real figure
         pass
-    try:
-        os.nice(19)
-    except (AttributeError, OSError):
-        pass
+    _lowest_priority()
     import traceback
 
     trim = _malloc_trim()

@@ -37,6 +37,19 @@ def test_the_child_draws_the_same_pixels_at_low_priority_without_torch(proc):
     stats = proc.child_stats()
     assert stats["pid"] == proc.pid and stats["open_figures"] == 0
     assert stats["imports_torch"] is False  # the child is small: numpy and matplotlib only
+    assert stats["nice"] == 19
+    if sys.platform.startswith("linux"):  # runs only on cores no training thread wants
+        assert stats["sched_idle"] is True
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+
+
+def test_start_loads_matplotlib_before_the_first_figure(proc):
+    proc.start()
+    pid = proc.pid
+    assert pid is not None and proc.drawn_in_process == 0
+    stats = proc.child_stats()  # answered after the warm-up, which drew one small figure
+    assert stats["pid"] == pid and stats["open_figures"] == 0 and stats["warmed_up"] is True
+    assert stats["sched_idle"] is sys.platform.startswith("linux")
 
 
 def test_a_render_function_that_prints_does_not_corrupt_the_replies(proc):
