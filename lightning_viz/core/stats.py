@@ -32,7 +32,8 @@ CPU_CHUNK = 1 << 18  # elements per chunk on the CPU: fits in L2/L3, keeps tempo
 CPU_BATCH_BELOW = 1 << 16  # CPU float32 tensors smaller than this are binned together, in one batch
 MAX_EXACT_CHUNK = 1 << 24  # float32 counts are exact below this
 CPU_THREADS = 1  # intra-op threads for the CPU histogram work (see `_cpu_threads`)
-CPU_WORKERS = 2 if len(os.sched_getaffinity(0)) >= 2 else 1  # Python threads sharing the CPU work
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CPU_WORKERS = 2 if _CPUS >= 2 else 1  # Python threads sharing the CPU work (see `_map_cpu`)
 CPU_PARALLEL_ABOVE = 1 << 20  # elements: below this the work stays on the caller's thread
 
 _pool: ThreadPoolExecutor | None = None
