@@ -11,16 +11,14 @@ On CPU the job runs through :class:`CPUFSDPStrategy`, which lifts what keeps Lig
 
 from __future__ import annotations
 
-import faulthandler
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
@@ -29,7 +27,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lightning_viz.core import distributed
-from tests.distributed.worker import CountCollectives, build_callbacks, instrument
+from tests.distributed.worker import build_callbacks, instrument, start_worker
 from tests.helpers import RandomImages, TinyCNN
 
 
@@ -135,12 +133,7 @@ def make_strategy(spec: dict) -> FSDPStrategy:
 
 
 def main() -> None:
-    faulthandler.dump_traceback_later(float(os.environ.get("VIZ_WORKER_TIMEOUT", "240")), exit=True)
-    spec = json.loads(Path(sys.argv[1]).read_text())
-    out = Path(spec["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(spec.get("seed", 0), workers=True)
-    counter = CountCollectives()
+    spec, out, counter = start_worker()
     callbacks = build_callbacks(spec)
     for cb in callbacks:
         instrument(cb, counter, [], [])

@@ -43,14 +43,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_job(tmp: Path, **spec) -> Path:
-    """Run one job launched by Lightning itself (it starts the second rank)."""
+def run_job(tmp: Path, worker: Path = WORKER, **spec) -> Path:
+    """Run one job of ``worker`` launched by Lightning itself (it starts the other ranks)."""
     out = tmp / spec.pop("name", "job")
     spec["out"] = str(out)
     spec_path = tmp / f"{out.name}.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(spec_path)],
+        [sys.executable, str(worker), str(spec_path)],
         cwd=tmp,
         env=clean_env(),
         capture_output=True,

@@ -15,7 +15,6 @@ lightning-viz could note them (``tests/distributed/fsdp1_index_worker.py``).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +28,7 @@ from tests.distributed.test_distributed import (
     clean_env,
     edges_of,
     results,
+    run_job,
     run_quickstart_with,
     run_two,
     tb_histograms,
@@ -44,22 +44,9 @@ TIMEOUT = 240
 
 
 def run_fsdp1(tmp: Path, name: str, **spec) -> Path:
-    out = tmp / name
-    spec = {"out": str(out), "callbacks": ["summary", "weights"], "every_n_steps": 2, **spec}
-    spec_path = tmp / f"{name}.json"
-    spec_path.write_text(json.dumps(spec))
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(spec_path)],
-        cwd=tmp,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+    return run_job(
+        tmp, WORKER, name=name, **{"callbacks": ["summary", "weights"], "every_n_steps": 2, **spec}
     )
-    assert proc.returncode == 0, (
-        f"job failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    )
-    return out
 
 
 def unwrapped_counts(n_classes: int) -> tuple[int, dict[str, int]]:

@@ -145,13 +145,19 @@ def build_callbacks(spec: dict) -> list[Callback]:
     return [table[n]() for n in names]
 
 
-def main() -> None:
+def start_worker() -> tuple[dict, Path, CountCollectives]:
+    """A worker's common start: a hang dumps tracebacks and exits; the spec named on the command line is
+    read, its output folder made and the seed set. Returns the spec, the output folder and a counter."""
     faulthandler.dump_traceback_later(float(os.environ.get("VIZ_WORKER_TIMEOUT", "240")), exit=True)
     spec = json.loads(Path(sys.argv[1]).read_text())
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(spec.get("seed", 0), workers=True)
-    counter = CountCollectives()
+    return spec, out, CountCollectives()
+
+
+def main() -> None:
+    spec, out, counter = start_worker()
 
     strategy = spec.get("strategy", "ddp")
     if strategy == "fsdp2":
