@@ -171,11 +171,14 @@ class VizCallback(Callback):
             files = [s for s in sinks if isinstance(s, FileSink)]
             self._submit(f"{stem} data", lambda: fan_out(files, "data", stem, payload, owner=owner))
 
-        def draw() -> None:  # on the render queue's thread; the drawing itself is in the render process
-            rgba, png = renderer.render_png(render, data)
+        def draw(job: tuple[Callable[[Any], Figure], Any]) -> None:
+            # on the render queue's thread; the drawing itself is in the render process
+            rgba, png = renderer.render_png(*job)
             self._submit(stem, lambda: fan_out(sinks, "figure", tag, rgba, png, step, stem, owner=owner))
 
-        self._submit(stem, draw, "render", key=(id(self), tag) if cumulative else None)
+        # (render, data) may wait on disk while drawing is behind: see lightning_viz.core.writer
+        job = writer.DiskBacked((render, data), draw)
+        self._submit(stem, job, "render", key=(id(self), tag) if cumulative else None)
 
     def emit_histograms(
         self,
@@ -188,11 +191,9 @@ class VizCallback(Callback):
             return
         sinks, owner = list(self._sinks), type(self).__name__
 
-        def job() -> None:
-            for tag, edges, counts, stats in items:
-                fan_out(sinks, "histogram", tag, edges, counts, stats, step, owner=owner)
-
-        self._submit(f"histograms step {step}", job)
+        self._submit(
+            f"histograms step {step}", lambda: fan_out(sinks, "histograms", items, step, owner=owner)
+        )
 
     def emit_scalars(self, trainer: Trainer, values: Mapping[str, float], step: int) -> None:
         """Scalars to every logger, on the calling thread (loggers are not all thread-safe)."""

@@ -49,6 +49,13 @@ class Sink:
     ) -> None:
         """A histogram: ``len(edges) == len(counts) + 1``; stats has min, max, num, sum, sum_squares."""
 
+    def histograms(
+        self, items: Sequence[tuple[str, np.ndarray, np.ndarray, Mapping[str, float]]], step: int
+    ) -> None:
+        """Many histograms ``(tag, edges, counts, stats)`` of one step; by default one :meth:`histogram` each."""
+        for tag, edges, counts, stats in items:
+            self.histogram(tag, edges, counts, stats, step)
+
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """Scalars to plot over steps."""
 
@@ -101,13 +108,33 @@ class LoggerSink(Sink):
 
 
 class TensorBoardSink(LoggerSink):
-    """Images, native histograms (the Histograms dashboard) and text through the logger's SummaryWriter."""
+    """Images, native histograms (the Histograms dashboard) and text through the logger's SummaryWriter.
+
+    The scalars and the histograms of one step go out as one event each (a ``Summary`` with many values,
+    which TensorBoard reads like separate ``add_scalar`` calls): the SummaryWriter's queue holds 10 events
+    and a full queue blocks the caller, so sixteen ``add_scalar`` calls could stall the training step.
+    """
+
+    def _file_writer(self) -> Any:
+        """torch's SummaryWriter's FileWriter, or None for another kind of experiment."""
+        get = getattr(self.logger.experiment, "_get_file_writer", None)
+        return get() if callable(get) else None
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        file_writer = self._file_writer()
+        if file_writer is None or getattr(self.logger, "_prefix", ""):  # the logger's own way (prefixes)
+            super().scalars(values, step)
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard.summary import scalar
+
+        parts = [scalar(tag, float(value)).value for tag, value in values.items()]
+        file_writer.add_summary(Summary(value=[v for part in parts for v in part]), step)
 
     def figure(self, tag: str, rgba: np.ndarray, png: bytes, step: int, stem: str) -> None:
-        experiment = self.logger.experiment
-        file_writer = getattr(experiment, "_get_file_writer", None)
+        file_writer = self._file_writer()
         if file_writer is None:  # not torch's SummaryWriter: let it encode the image itself
-            experiment.add_image(tag, rgba[..., :3], global_step=step, dataformats="HWC")
+            self.logger.experiment.add_image(tag, rgba[..., :3], global_step=step, dataformats="HWC")
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -115,25 +142,46 @@ class TensorBoardSink(LoggerSink):
         image = Summary.Image(
             height=rgba.shape[0], width=rgba.shape[1], colorspace=4, encoded_image_string=png
         )
-        file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+    @staticmethod
+    def _raw(edges: np.ndarray, counts: np.ndarray, stats: Mapping[str, float]) -> dict[str, Any] | None:
+        """The arguments of ``add_histogram_raw`` for one histogram; None when it is empty."""
+        num = float(np.sum(counts))
+        if num <= 0:
+            return None
+        return {
+            "min": float(stats["min"]),
+            "max": float(stats["max"]),
+            "num": num,
+            "sum": float(stats["sum"]),
+            "sum_squares": float(stats["sum_squares"]),
+            "bucket_limits": [float(e) for e in edges[1:]],
+            "bucket_counts": [float(c) for c in counts],
+        }
 
     def histogram(
         self, tag: str, edges: np.ndarray, counts: np.ndarray, stats: Mapping[str, float], step: int
     ) -> None:
-        num = float(np.sum(counts))
-        if num <= 0:
+        self.histograms([(tag, edges, counts, stats)], step)
+
+    def histograms(
+        self, items: Sequence[tuple[str, np.ndarray, np.ndarray, Mapping[str, float]]], step: int
+    ) -> None:
+        raw = [(tag, kw) for tag, edges, counts, stats in items if (kw := self._raw(edges, counts, stats))]
+        file_writer = self._file_writer()
+        if file_writer is None:  # not torch's SummaryWriter: its own add_histogram_raw, one at a time
+            for tag, kw in raw:
+                self.logger.experiment.add_histogram_raw(tag, global_step=step, **kw)
             return
-        self.logger.experiment.add_histogram_raw(
-            tag,
-            min=float(stats["min"]),
-            max=float(stats["max"]),
-            num=num,
-            sum=float(stats["sum"]),
-            sum_squares=float(stats["sum_squares"]),
-            bucket_limits=[float(e) for e in edges[1:]],
-            bucket_counts=[float(c) for c in counts],
-            global_step=step,
-        )
+        if not raw:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard.summary import histogram_raw
+
+        # torch's own histogram_raw (what add_histogram_raw writes), every value in one event
+        values = [v for tag, kw in raw for v in histogram_raw(tag, **kw).value]
+        file_writer.add_summary(Summary(value=values), step)
 
     def text(self, tag: str, text: str, step: int, stem: str) -> None:
         # TensorBoard renders markdown: keep the table's alignment in a code block.

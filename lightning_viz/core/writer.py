@@ -9,6 +9,14 @@ end, when training raises, and at interpreter exit, so no picture is lost.
 When the queue is full, the submitting callback's policy applies: ``"wait"`` blocks the training step until
 there is room (nothing is lost), ``"drop_oldest"`` discards the oldest pending job and warns once.
 
+Under ``"wait"``, a figure still to be drawn does not wait in memory once drawing is behind
+(``SUPERSEDE_ABOVE`` or more jobs waiting): its input goes to a temporary file (:class:`DiskBacked`) and the
+job joins an overflow list that refills the queue as the render process catches up; the flush at fit end
+draws what is left (at most ``SPILL_MAX`` wait on disk; beyond that the training step waits again). On a
+machine whose every core trains, the render process gets almost no time until then,
+and a long run would otherwise fill the queue with per-epoch pictures and make each epoch end wait for one
+to be drawn. Nothing is lost; the picture arrives later.
+
 A figure that shows everything so far (an evolution figure, learning curves) is submitted with a key. When
 drawing falls behind (``SUPERSEDE_ABOVE`` or more jobs waiting) and an older figure with the same key is
 still waiting, the newer one takes its place in the queue instead of queueing behind it: the older picture
@@ -21,9 +29,12 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import pickle
 import queue
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +46,7 @@ from lightning_viz.core.warn import warn_once
 WhenFull = Literal["wait", "drop_oldest"]
 QUEUE_SIZE = 32
 SUPERSEDE_ABOVE = 8  # jobs waiting: from here on a keyed job replaces a waiting one with the same key
+SPILL_MAX = 1000  # figures waiting in temporary files; beyond it "wait" waits for the render process again
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -128,6 +140,57 @@ def drop_unwritable_files(sinks: list, directory: Any, owner: str) -> list:
     return kept
 
 
+class DiskBacked:
+    """A job ``run(payload)`` whose payload can wait on disk instead of in memory (see the module docstring).
+
+    Args:
+        payload: picklable input (a figure's render function and its data).
+        run: what to do with it, on the writer's thread.
+    """
+
+    def __init__(self, payload: Any, run: Callable[[Any], None]) -> None:
+        self.payload, self.run = payload, run
+
+    def __call__(self) -> None:
+        self.run(self.payload)
+
+    def spill(self) -> _Spilled | None:
+        """Pickle the payload to a temporary file; None when it cannot be (it then waits in memory)."""
+        fd, path = tempfile.mkstemp(prefix="lightning-viz-spill-", suffix=".pkl")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(self.payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            _unlink(path)
+            return None
+        return _Spilled(path, self.run)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class _Spilled:
+    """A :class:`DiskBacked` job whose payload is in a file: read back, removed, then run."""
+
+    def __init__(self, path: str, run: Callable[[Any], None]) -> None:
+        self.path, self.run = path, run
+
+    def __call__(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                payload = pickle.load(fh)
+        finally:
+            _unlink(self.path)
+        self.run(payload)
+
+    def discard(self) -> None:
+        _unlink(self.path)
+
+
 class BackgroundWriter:
     """One daemon thread that runs submitted jobs in order."""
 
@@ -136,8 +199,10 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.name = name
+        self._overflow: deque[tuple[Callable[[], None], str, Any]] = deque()  # spilled jobs, in order
         self.dropped = 0
         self.superseded = 0
+        self.spilled = 0
         self.completed = 0
 
     def _ensure_thread(self) -> None:
@@ -161,7 +226,49 @@ class BackgroundWriter:
                     )
                 self.completed += 1
             finally:
+                self._refill()  # before task_done: flush() (queue.join) then waits for the overflow too
                 self._queue.task_done()
+
+    def _refill(self) -> None:
+        """Move spilled jobs back into the queue while it is below the backlog mark."""
+        with self._lock:
+            while self._overflow and self._queue.qsize() < SUPERSEDE_ABOVE:
+                try:
+                    self._queue.put_nowait(self._overflow[0])
+                except queue.Full:
+                    return
+                self._overflow.popleft()
+
+    def _spill(self, job: Callable[[], None], label: str, key: Any) -> bool:
+        """Under "wait", send a :class:`DiskBacked` job to the overflow (its payload to disk) when behind."""
+        if not isinstance(job, DiskBacked):
+            return False
+        with self._lock:
+            if not self._overflow and self._queue.qsize() < SUPERSEDE_ABOVE:
+                return False
+        while len(self._overflow) >= SPILL_MAX:  # bounded on disk too: wait for the render process
+            time.sleep(0.01)
+        spilled = job.spill()
+        if spilled is None:
+            return False
+        with self._lock:
+            if key is not None:  # a newer cumulative figure makes spilled ones with its key redundant
+                redundant = [item for item in self._overflow if item[2] == key]
+                for item in redundant:
+                    self._overflow.remove(item)
+                    item[0].discard()  # type: ignore[attr-defined]
+                self.superseded += len(redundant)
+            self._overflow.append((spilled, label, key))
+            self.spilled += 1
+        warn_once(
+            ("writer-spill", self.name),
+            f"lightning-viz: figures are produced faster than they are drawn ({SUPERSEDE_ABOVE} or more "
+            f"waiting, e.g. every core is busy training); {label} and later ones wait in temporary files until "
+            "the render process catches up, at the latest at fit end. Nothing is lost and training does not "
+            "wait for them; this warning is shown once.",
+        )
+        self._refill()  # the queue may have drained meanwhile
+        return True
 
     def submit(
         self, job: Callable[[], None], label: str, when_full: WhenFull = "wait", key: Any = None
@@ -175,7 +282,8 @@ class BackgroundWriter:
         if key is not None and self._supersede(job, label, key):
             return
         if when_full == "wait":
-            self._queue.put((job, label, key))
+            if not self._spill(job, label, key):
+                self._queue.put((job, label, key))
             return
         while True:
             try:
@@ -226,7 +334,8 @@ class BackgroundWriter:
             self._queue.join()
 
     def pending(self) -> int:
-        return self._queue.unfinished_tasks
+        """Jobs submitted and not yet finished (spilled ones included)."""
+        return self._queue.unfinished_tasks + len(self._overflow)
 
 
 _writers: dict[str, BackgroundWriter] = {}

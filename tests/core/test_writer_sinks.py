@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import warnings
@@ -97,6 +98,83 @@ def test_cumulative_jobs_supersede_waiting_ones_only_when_behind(monkeypatch):
     assert len(messages) == 1 and "evo 1 was replaced by the newer evo 3" in messages[0]
 
 
+def _record_payload(seen: list, payload: object) -> None:  # a DiskBacked job's run (module level: picklable)
+    seen.append(payload)
+
+
+def test_figures_spill_to_disk_when_behind_and_are_all_drawn_in_order(monkeypatch, tmp_path):
+    """Under "wait", once SUPERSEDE_ABOVE jobs wait, a DiskBacked job's payload goes to a temporary file and
+    submit() returns at once, with a full queue too (training never blocks on drawing); every spilled job
+    runs, in order, as the queue drains, and its file is removed. A newer keyed job discards a spilled one
+    with the same key. A payload that cannot be pickled waits in memory as before."""
+    import tempfile
+
+    from lightning_viz.core import writer
+
+    monkeypatch.setattr(writer, "SUPERSEDE_ABOVE", 3)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    w = BackgroundWriter(maxsize=4)
+    gate = threading.Event()
+    seen: list = []
+    w.submit(gate.wait, "blocker")
+    while w._queue.qsize():
+        pass
+    run = functools.partial(_record_payload, seen)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for i in range(3):  # below the mark: in memory
+            w.submit(writer.DiskBacked(("map", i, np.full(1000, i)), run), f"map {i}")
+        for i in range(3, 20):  # behind: on disk; the 4-slot queue would have blocked at i == 4
+            w.submit(writer.DiskBacked(("map", i, np.full(1000, i)), run), f"map {i}")
+        w.submit(writer.DiskBacked(("evo", 1), run), "evo 1", key="evo")
+        w.submit(writer.DiskBacked(("evo", 2), run), "evo 2", key="evo")  # discards the spilled evo 1
+        w.submit(writer.DiskBacked((lambda: None, 99), run), "unpicklable")  # waits in memory instead
+        assert w.spilled == 19 and w.pending() == 1 + 3 + 17 + 1 + 1
+        assert len(list(tmp_path.glob("lightning-viz-spill-*"))) == 18
+    gate.set()
+    w.flush()
+    assert [p[:2] for p in seen if p[0] == "map"] == [("map", i) for i in range(20)]
+    assert [p[1] for p in seen if p[0] == "map"] == list(range(20))
+    maps = {p[1]: p[2] for p in seen if p[0] == "map"}
+    np.testing.assert_array_equal(maps[7], np.full(1000, 7))  # read back from its file
+    assert [p for p in seen if p[0] == "evo"] == [("evo", 2)] and w.superseded == 1
+    assert [p[1] for p in seen if callable(p[0])] == [99]
+    assert w.pending() == 0 and not list(tmp_path.glob("lightning-viz-spill-*"))
+    messages = [str(r.message) for r in rec if issubclass(r.category, VizWarning)]
+    assert len(messages) == 1 and "map 3 and later ones wait in temporary files" in messages[0]
+
+
+def test_spilled_figures_are_bounded_then_the_step_waits_again(monkeypatch, tmp_path):
+    """At most SPILL_MAX figures wait on disk: the next submit blocks until the render process catches up."""
+    import tempfile
+
+    from lightning_viz.core import writer
+
+    monkeypatch.setattr(writer, "SUPERSEDE_ABOVE", 1)
+    monkeypatch.setattr(writer, "SPILL_MAX", 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    w = BackgroundWriter(maxsize=4)
+    gate = threading.Event()
+    seen: list = []
+    run = functools.partial(_record_payload, seen)
+    w.submit(gate.wait, "blocker")
+    while w._queue.qsize():
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(3):  # one in the queue, two on disk
+            w.submit(writer.DiskBacked(i, run), f"fig {i}")
+        late = threading.Thread(target=w.submit, args=(writer.DiskBacked(3, run), "fig 3"))
+        late.start()
+        late.join(0.3)
+        assert late.is_alive() and w.spilled == 2  # waiting for room on disk
+        gate.set()
+        late.join(10)
+    assert not late.is_alive()
+    w.flush()
+    assert seen == [0, 1, 2, 3] and not list(tmp_path.glob("lightning-viz-spill-*"))
+
+
 def test_failing_job_warns_and_worker_survives():
     w = BackgroundWriter()
     out: list[str] = []
@@ -129,3 +207,40 @@ def test_reduce_values_single_process_is_identity():
     assert not failed and torch.equal(out["a"], vals["a"]) and torch.equal(out["b"], vals["b"])
     with pytest.raises(ValueError, match="reduction"):
         distributed.reduce_values(vals, {"a": "median", "b": "max"})
+
+
+def test_tensorboard_sink_writes_a_step_as_one_event_and_reads_back(tmp_path):
+    """Sixteen scalars (or histograms) of one step are one event, not sixteen: torch's SummaryWriter queue
+    holds 10 and blocks the caller when full. TensorBoard's reader sees each value as its own series."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from lightning_viz.core.sinks import TensorBoardSink
+    from tests.helpers import read_events
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    sink = TensorBoardSink(logger)
+    rng = np.random.default_rng(0)
+    values = {f"norm/p{i}": float(i) / 3 for i in range(16)}
+    sink.scalars(values, step=7)
+    x = rng.normal(size=1000)
+    edges = np.linspace(x.min(), x.max(), 9)
+    counts = np.histogram(x, bins=edges)[0]
+    stats = {"min": x.min(), "max": x.max(), "sum": x.sum(), "sum_squares": (x * x).sum()}
+    empty = (np.array([0.0, 1.0]), np.array([0]), {"min": 0, "max": 0, "sum": 0, "sum_squares": 0})
+    sink.histograms([(f"h/{i}", edges, counts, stats) for i in range(12)] + [("h/empty", *empty)], step=7)
+    logger.experiment.flush()
+
+    (event_file,) = (tmp_path / "tb" / "version_0").glob("events.out.tfevents.*")
+    events = [e for e in EventFileLoader(str(event_file)).Load() if e.HasField("summary")]
+    assert [len(e.summary.value) for e in events] == [16, 12]  # one event per call; the empty one left out
+    acc = read_events(tmp_path / "tb" / "version_0")
+    assert sorted(acc.Tags()["scalars"]) == sorted(values)
+    for tag, v in values.items():
+        (point,) = acc.Scalars(tag)
+        assert point.step == 7 and point.value == pytest.approx(v)
+    assert sorted(acc.Tags()["histograms"]) == sorted(f"h/{i}" for i in range(12))
+    (h,) = acc.Histograms("h/3")
+    assert h.step == 7 and h.histogram_value.num == 1000
+    np.testing.assert_array_equal(h.histogram_value.bucket, counts)
+    np.testing.assert_allclose(h.histogram_value.bucket_limit, edges[1:])
