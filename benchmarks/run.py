@@ -7,7 +7,8 @@ Usage::
     python -m benchmarks.run --device cuda --parts resnet,hist --out /tmp/gpu   # GPU rows (results_gpu.json)
 
 Arms are trained in one process, interleaved (the order rotates every round) and repeated; medians are
-reported. The soak (memory growth) runs in a fresh child process.
+reported. The headline suite overhead comes from its own B0/suite fits in adjacent pairs (``run_overhead``).
+The soak (memory growth) runs in a fresh child process, long enough for bounded buffers to fill.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("histograms", "drawing", "cnn", "resnet50", "soak")
+PARTS = ("histograms", "drawing", "overhead", "cnn", "resnet50", "soak")
 
 
 def _quiet() -> None:
@@ -184,6 +185,127 @@ def run_arms(kind: str, args: argparse.Namespace, with_wandb: bool) -> dict[str,
     return {"setup": setup, "rounds": rounds, "arms": summarize_arms(names, records, arms)}
 
 
+def overhead_child(args: argparse.Namespace) -> None:
+    """One fit of one arm of :func:`run_overhead`, in a fresh process pinned to ``--core``; from ``--go``."""
+    from benchmarks import arms as A
+    from benchmarks.measure import timed_fit
+
+    if args.core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.core})  # inherited by the render process the suite starts
+    loaders = A.synthetic_loaders(args.cnn_train, args.cnn_val, (1, 8, 8), 10, 64)
+    root = tempfile.mkdtemp(prefix="lvbench-overhead-")
+    timed_fit(A.Arm("warm-up", list), A.digits_cnn, loaders, device="cpu", root=root, max_steps=50)
+    arm = A.Arm("B0", list) if args.overhead_child == "B0" else A.Arm("suite", A.suite)
+    # B0 trains two epochs more, so the suite's measured epochs never run beside an idle core
+    epochs = args.overhead_epochs + (2 if args.overhead_child == "B0" else 0)
+    Path(args.overhead_json + ".ready").touch()
+    while not Path(args.go).exists():  # both fits of a round start together, once both are warm
+        time.sleep(0.002)
+    rec = timed_fit(arm, A.digits_cnn, loaders, device="cpu", root=root, max_epochs=epochs)
+    # The same epochs in both arms: not the first two (start-up: the suite's render process imports matplotlib
+    # at normal priority, on this core, during the first epoch or two) and not the last (the fit-end flush).
+    measured = range(2, args.overhead_epochs - 1)
+    seconds = rec.epoch_starts[measured.stop] - rec.epoch_starts[measured.start]
+    out = {
+        "arm": args.overhead_child,
+        "core": args.core,
+        "steady": seconds / sum(rec.epoch_steps[k] for k in measured),
+    }
+    Path(args.overhead_json).write_text(json.dumps(out))
+
+
+def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """The headline ``suite_overhead_ratio``: B0 and the full suite (defaults) on the example CNN, side by side.
+
+    This machine's speed wanders by tens of percent within seconds (shared host), so fits run one after the
+    other differ by more than the 5% to resolve (two identical B0 fits: up to 15% apart). Each round therefore
+    trains B0 and the suite at the same time, each in a fresh process pinned to its own core with one torch
+    thread (the suite's render process inherits the pinning, so its drawing is charged to the suite's core),
+    starting together; which starts first alternates every round, and the cores every two. Both see the same machine at the same moments, and the
+    ratio of their steady per-step times is taken per round, the median over rounds reported. A/A rounds
+    (B0 beside B0) in the same set-up show how far identical work differs: the resolution of the ratio.
+    """
+    cores = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else []
+    pinned = len(cores) == 2
+
+    def pair(first: str, second: str, r: int) -> dict[str, dict[str, Any]]:
+        """Round ``r``: which arm is started first alternates every round, which core each gets every two
+        (the process started second ran a few percent slower in A/A rounds here: both must take turns)."""
+        go = tempfile.mktemp(suffix=".go")  # created once both children are warm
+        swap = (r // 2) % 2
+        order = [
+            ("first", first, cores[swap] if pinned else None),
+            ("second", second, cores[1 - swap] if pinned else None),
+        ]
+        procs = []
+        for role, name, core in order if r % 2 == 0 else order[::-1]:
+            path = tempfile.mktemp(suffix=".json")
+            cmd = [sys.executable, "-m", "benchmarks.run", "--overhead-child", name, "--overhead-json", path]
+            cmd += ["--go", str(go), "--threads", "1", "--overhead-epochs", str(args.overhead_epochs)]
+            cmd += ["--cnn-train", str(args.cnn_train), "--cnn-val", str(args.cnn_val)]
+            cmd += ["--core", str(core)] if core is not None else []
+            procs.append((role, subprocess.Popen(cmd, cwd=HERE.parent, stdout=subprocess.DEVNULL), path))
+        while not all(Path(path + ".ready").exists() for _, _, path in procs):
+            if any(proc.poll() is not None for _, proc, _ in procs):
+                break  # a child failed before it was ready: reported below
+            time.sleep(0.01)
+        Path(go).touch()
+        got = {}
+        for k, (role, proc, path) in enumerate(procs):
+            if proc.wait() != 0:
+                raise RuntimeError(f"overhead child exited with {proc.returncode}")
+            got[role] = {**json.loads(Path(path).read_text()), "started": k + 1}
+            Path(path).unlink()
+            Path(path + ".ready").unlink()
+        Path(go).unlink()
+        return got
+
+    def series(second: str, n: int, label: str) -> list[list[dict[str, Any]]]:
+        out = []
+        for r in range(n):
+            got = pair("B0", second, r)
+            out.append([got["first"], got["second"]])
+            ratio = got["second"]["steady"] / got["first"]["steady"]
+            print(f"  overhead: {label}round {r + 1}/{n}: {ratio:.3f}", flush=True)
+        return out
+
+    rounds = series("suite", args.overhead_rounds, "")
+    aa = series("B0", args.overhead_aa_rounds, "A/A ")
+    import numpy as np
+
+    ratios = [s["steady"] / b["steady"] for b, s in rounds]
+    aa_ratios = [y["steady"] / x["steady"] for x, y in aa]
+    q1, q3 = (float(x) for x in np.percentile(ratios, [25, 75]))
+    return {
+        "design": "concurrent pairs, one core and one torch thread per arm"
+        if pinned
+        else "concurrent pairs (not pinned)",
+        "rounds": args.overhead_rounds,
+        "epochs_per_fit": args.overhead_epochs,
+        "steady_epochs_per_fit": max(args.overhead_epochs - 3, 0),
+        "steps_per_epoch": -(-args.cnn_train // 64),
+        "cores": cores if pinned else None,
+        "ratios": ratios,
+        "median_ratio": _median(ratios),
+        "ratio_iqr": [q1, q3],
+        "aa_ratios": aa_ratios,
+        "aa_median_abs_dev": _median([abs(x - 1.0) for x in aa_ratios]) if aa_ratios else None,
+        # every pair, A/A included: the fit started second over the one started first (its arm's steady
+        # per-step time); a start-order effect shows here, and it cancels in the medians above
+        "started_second_over_first": [
+            (y if y["started"] == 2 else x)["steady"] / (x if y["started"] == 2 else y)["steady"]
+            for x, y in [*rounds, *aa]
+        ],
+        "b0_steady_ms": _median([b["steady"] for b, _ in rounds]) * 1e3,
+        "b0_steady_ms_range": [
+            min(b["steady"] for b, _ in rounds) * 1e3,
+            max(b["steady"] for b, _ in rounds) * 1e3,
+        ],
+        "pairs": rounds,
+        "aa_pairs": aa,
+    }
+
+
 def soak_child(args: argparse.Namespace) -> None:
     """Full suite on the small model for ``--soak-steps`` steps; RSS every 50 steps (run in a child)."""
     from benchmarks import arms as A
@@ -210,9 +332,15 @@ def soak_child(args: argparse.Namespace) -> None:
         "seconds": rec.fit_seconds,
         "rss_samples": rec.rss,
         "rss_growth_mb_per_1000_steps": rss_slope_mb_per_1000(rec.rss),
+        # the same slope over a 3000-step soak (its first 3000 steps): bounded buffers still filling dominate it
+        "rss_growth_first_3000_steps": rss_slope_mb_per_1000([s for s in rec.rss if s[0] <= 3000]),
         "rss_first_mb": rec.rss[0][1] if rec.rss else None,
         "rss_last_mb": rec.rss[-1][1] if rec.rss else None,
         "open_figures_at_end": open_figure_count(),
+        # figures: drawn, replaced by a newer cumulative version, waited on disk while drawing was behind
+        "render_jobs": {
+            k: getattr(writer.get_writer("render"), k) for k in ("completed", "superseded", "spilled")
+        },
     }
     Path(args.soak_json).write_text(json.dumps(out))
 
@@ -221,20 +349,27 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
-    p.add_argument("--parts", default="cnn,resnet,hist,drawing,soak")
+    p.add_argument("--parts", default="overhead,cnn,resnet,hist,drawing,soak")
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers not meaningful")
     p.add_argument("--cnn-train", type=int, default=16384)
     p.add_argument("--cnn-val", type=int, default=1024)
     p.add_argument("--cnn-epochs", type=int, default=4)
-    p.add_argument("--cnn-rounds", type=int, default=3)
+    p.add_argument("--cnn-rounds", type=int, default=2)
+    p.add_argument("--overhead-rounds", type=int, default=8)
+    p.add_argument("--overhead-epochs", type=int, default=6)
+    p.add_argument("--overhead-aa-rounds", type=int, default=3)
+    p.add_argument("--overhead-child", choices=("B0", "suite"), help=argparse.SUPPRESS)
+    p.add_argument("--overhead-json", help=argparse.SUPPRESS)
+    p.add_argument("--core", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--go", help=argparse.SUPPRESS)
     p.add_argument("--resnet-size", type=int, default=32)
     p.add_argument("--resnet-batch", type=int, default=8)
     p.add_argument("--resnet-steps", type=int, default=12)
     p.add_argument("--resnet-rounds", type=int, default=2)
-    p.add_argument("--hist-rounds", type=int, default=3)
+    p.add_argument("--hist-rounds", type=int, default=5)
     p.add_argument("--drawing-rounds", type=int, default=3)
-    p.add_argument("--soak-steps", type=int, default=3000)
+    p.add_argument("--soak-steps", type=int, default=12000)
     p.add_argument("--soak-train", type=int, default=16384)
     p.add_argument("--soak-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--soak-json", help=argparse.SUPPRESS)
@@ -245,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         args.cnn_train, args.cnn_val, args.cnn_epochs, args.cnn_rounds = 1024, 128, 3, 1
         args.resnet_steps, args.resnet_rounds, args.hist_rounds, args.soak_steps = 10, 1, 1, 300
         args.drawing_rounds = 1
+        args.overhead_rounds, args.overhead_epochs, args.overhead_aa_rounds = 2, 4, 1
         args.soak_train = 1024
     _quiet()
     import torch
@@ -253,12 +389,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.soak_child:
         soak_child(args)
         return
+    if args.overhead_child:
+        overhead_child(args)
+        return
     parts = set(args.parts.split(","))
     with_wandb = not args.no_wandb
-    if with_wandb:
-        import wandb
-
-        wandb.init(project="lightning-viz-bench", mode="offline", dir=os.environ["WANDB_DIR"])
     t0 = time.time()
     command = (
         "make bench"
@@ -270,6 +405,13 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(args.device, args.threads),
         "quick": args.quick,
     }
+    if "overhead" in parts and args.device == "cpu":  # first: before wandb's background service starts
+        print("full suite beside B0, in concurrent pairs ...", flush=True)
+        res["overhead"] = run_overhead(args)
+    if with_wandb:
+        import wandb
+
+        wandb.init(project="lightning-viz-bench", mode="offline", dir=os.environ["WANDB_DIR"])
     if "hist" in parts:
         from benchmarks.measure import histogram_micro
 
@@ -335,10 +477,11 @@ def main(argv: list[str] | None = None) -> None:
         res["open_figures_after_arms"] = max(res["open_figures_after_arms"], old["open_figures_after_arms"])
         res["earlier_machine"] = old["machine"]
     headline = {}
+    if "overhead" in res:  # steady state: what a long run pays per step; one-off costs are reported beside it
+        headline["suite_overhead_ratio"] = res["overhead"]["median_ratio"]
     if "cnn" in res:
         suite = next(r for r in res["cnn"]["arms"] if r["arm"] == "full suite (defaults)")
-        # steady state: what a long run pays per step; the one-off costs are reported beside it
-        headline["suite_overhead_ratio"] = suite["steady_ratio"]
+        headline.setdefault("suite_overhead_ratio", suite["steady_ratio"])
         headline["suite_fixed_extra_seconds"] = suite["fixed_extra_seconds"]
         headline["suite_whole_fit_ratio"] = suite["amortized_ratio"]
     if "histograms" in res:
