@@ -156,11 +156,14 @@ class DiskBacked:
 
     def spill(self) -> _Spilled | None:
         """Pickle the payload to a temporary file; None when it cannot be (it then waits in memory)."""
-        fd, path = tempfile.mkstemp(prefix="lightning-viz-spill-", suffix=".pkl")
+        try:
+            fd, path = tempfile.mkstemp(prefix="lightning-viz-spill-", suffix=".pkl")
+        except OSError:  # no writable temporary directory
+            return None
         try:
             with os.fdopen(fd, "wb") as fh:
                 pickle.dump(self.payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
+        except Exception:  # unpicklable payload, disk full
             _unlink(path)
             return None
         return _Spilled(path, self.run)
