@@ -52,9 +52,9 @@ class VizCallback(Callback):
 
     Args:
         output_dir: where files go; default ``<trainer.log_dir>/viz/<callback name>``.
-        when_full: what to do when the background rendering queue is full: ``"wait"`` (block the
-            training step until there is room; nothing is lost) or ``"drop_oldest"`` (discard the oldest
-            pending picture and warn once).
+        when_full: what to do when the background rendering queue is full: ``"wait"`` (nothing is lost:
+            figures wait in temporary files, and past 1000 of them the training step waits until there is
+            room) or ``"drop_oldest"`` (discard the oldest pending picture and warn once).
     """
 
     viz_name: ClassVar[str] = "viz"

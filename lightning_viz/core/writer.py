@@ -9,9 +9,10 @@ end, when training raises, and at interpreter exit, so no picture is lost.
 When the queue is full, the submitting callback's policy applies: ``"wait"`` blocks the training step until
 there is room (nothing is lost), ``"drop_oldest"`` discards the oldest pending job and warns once.
 
-Under ``"wait"``, a figure still to be drawn does not wait in memory once drawing is behind
-(``SUPERSEDE_ABOVE`` or more jobs waiting): its input goes to a temporary file (:class:`DiskBacked`) and the
-job joins an overflow list that refills the queue as the render process catches up; the flush at fit end
+Under ``"wait"``, a figure still to be drawn does not wait in the queue once drawing is behind
+(``SUPERSEDE_ABOVE`` or more jobs waiting): it joins an overflow list that refills the queue as the render
+process catches up, a snapshot with its input in a temporary file (:class:`DiskBacked`), a cumulative
+figure in memory in the place of its waiting older version (one per key); the flush at fit end
 draws what is left (at most ``SPILL_MAX`` wait on disk; beyond that the training step waits again). On a
 machine whose every core trains, the render process gets almost no time until then,
 and a long run would otherwise fill the queue with per-epoch pictures and make each epoch end wait for one
@@ -190,9 +191,6 @@ class _Spilled:
             _unlink(self.path)
         self.run(payload)
 
-    def discard(self) -> None:
-        _unlink(self.path)
-
 
 class BackgroundWriter:
     """One daemon thread that runs submitted jobs in order."""
@@ -243,26 +241,28 @@ class BackgroundWriter:
                 self._overflow.popleft()
 
     def _spill(self, job: Callable[[], None], label: str, key: Any) -> bool:
-        """Under "wait", send a :class:`DiskBacked` job to the overflow (its payload to disk) when behind."""
+        """Under "wait", send a :class:`DiskBacked` job to the overflow when behind: its payload to disk, or,
+        for a cumulative figure (``key``), in memory in the place of the waiting one with its key (at most
+        one per key waits there, and it costs no pickling)."""
         if not isinstance(job, DiskBacked):
             return False
         with self._lock:
             if not self._overflow and self._queue.qsize() < SUPERSEDE_ABOVE:
                 return False
+            if key is not None:
+                same = [i for i, item in enumerate(self._overflow) if item[2] == key]
+                if same:
+                    self._overflow[same[0]] = (job, label, key)
+                    self.superseded += 1
+                    return True
         while len(self._overflow) >= SPILL_MAX:  # bounded on disk too: wait for the render process
             time.sleep(0.01)
-        spilled = job.spill()
+        spilled = job if key is not None else job.spill()
         if spilled is None:
             return False
         with self._lock:
-            if key is not None:  # a newer cumulative figure makes spilled ones with its key redundant
-                redundant = [item for item in self._overflow if item[2] == key]
-                for item in redundant:
-                    self._overflow.remove(item)
-                    item[0].discard()  # type: ignore[attr-defined]
-                self.superseded += len(redundant)
             self._overflow.append((spilled, label, key))
-            self.spilled += 1
+            self.spilled += key is None  # those in temporary files
         warn_once(
             ("writer-spill", self.name),
             f"lightning-viz: figures are produced faster than they are drawn ({SUPERSEDE_ABOVE} or more "

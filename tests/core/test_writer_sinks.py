@@ -105,8 +105,9 @@ def _record_payload(seen: list, payload: object) -> None:  # a DiskBacked job's 
 def test_figures_spill_to_disk_when_behind_and_are_all_drawn_in_order(monkeypatch, tmp_path):
     """Under "wait", once SUPERSEDE_ABOVE jobs wait, a DiskBacked job's payload goes to a temporary file and
     submit() returns at once, with a full queue too (training never blocks on drawing); every spilled job
-    runs, in order, as the queue drains, and its file is removed. A newer keyed job discards a spilled one
-    with the same key. A payload that cannot be pickled waits in memory as before."""
+    runs, in order, as the queue drains, and its file is removed. A keyed (cumulative) job is not pickled: it
+    waits in the overflow in memory, and a newer one with its key takes its place. A payload that cannot be
+    pickled waits in the queue as before."""
     import tempfile
 
     from lightning_viz.core import writer
@@ -127,10 +128,11 @@ def test_figures_spill_to_disk_when_behind_and_are_all_drawn_in_order(monkeypatc
         for i in range(3, 20):  # behind: on disk; the 4-slot queue would have blocked at i == 4
             w.submit(writer.DiskBacked(("map", i, np.full(1000, i)), run), f"map {i}")
         w.submit(writer.DiskBacked(("evo", 1), run), "evo 1", key="evo")
-        w.submit(writer.DiskBacked(("evo", 2), run), "evo 2", key="evo")  # discards the spilled evo 1
+        w.submit(writer.DiskBacked(("evo", 2), run), "evo 2", key="evo")  # replaces evo 1 in the overflow
         w.submit(writer.DiskBacked((lambda: None, 99), run), "unpicklable")  # waits in memory instead
-        assert w.spilled == 19 and w.pending() == 1 + 3 + 17 + 1 + 1
-        assert len(list(tmp_path.glob("lightning-viz-spill-*"))) == 18
+        assert w.spilled == 17 and w.pending() == 1 + 3 + 17 + 1 + 1
+        # cumulative figures are not pickled: one per key waits in memory
+        assert len(list(tmp_path.glob("lightning-viz-spill-*"))) == 17
     gate.set()
     w.flush()
     assert [p[:2] for p in seen if p[0] == "map"] == [("map", i) for i in range(20)]
