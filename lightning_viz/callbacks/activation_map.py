@@ -10,7 +10,6 @@ the feature-map grids, the heatmaps and the statistics over training.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -23,10 +22,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from lightning_viz.core import distributed
+from lightning_viz.core.activation_stats import (
+    NSUMS,
+    STATS,
+    first_tensor,
+    output_sums,
+    saturation_bounds,
+    stat_view,
+    stats_from_sums,
+)
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
 from lightning_viz.core.hooks import capture_outputs, match_modules
 from lightning_viz.core.warn import VizWarning, rank_zero_warn, warn_once
@@ -36,7 +43,6 @@ SampleFrom = Literal["val", "train"]
 ChannelOrder = Literal["mean_activation", "first", "variance"]
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
-STATS = ("mean", "std", "dead_fraction", "saturated_fraction")
 STATE_KEYS = ("sample_indices", "history", "last_step")
 HISTORY_STATS = (*STATS, "nonfinite")
 HEATMAP_ROWS, HEATMAP_COLS = 64, 128
@@ -49,89 +55,6 @@ def model_input(batch: Any) -> Any:
     if isinstance(batch, Mapping):
         return next((batch[k] for k in INPUT_KEYS if k in batch), batch)
     return batch
-
-
-def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
-    """Output range of a bounded (tanh/sigmoid-like) activation module; ``None`` for unbounded ones."""
-    if isinstance(module, (nn.Tanh, nn.Softsign)):
-        return -1.0, 1.0
-    if isinstance(module, (nn.Sigmoid, nn.Hardsigmoid)):
-        return 0.0, 1.0
-    if type(module) is nn.Hardtanh:
-        return float(module.min_val), float(module.max_val)
-    return None
-
-
-def output_sums(a: torch.Tensor, bounds: tuple[float, float] | None, threshold: float) -> torch.Tensor:
-    """Seven float64 sums on ``a``'s device, over the finite values: count, sum, centred sum of squares,
-    count x mean^2, exact zeros, saturated values; and the count of NaN/Inf values.
-
-    Summed over ranks (and over repeated calls of one module) they give the pooled statistics exactly.
-    Integer and bool tensors are counted as floats.
-    """
-    if not a.is_floating_point():
-        a = a.float()
-    fin = torch.isfinite(a)
-    bad = a.numel() - int(fin.sum())  # one host sync per layer; captures are rare
-    if bad:
-        a = a[fin]
-    nonfinite = torch.tensor(float(bad), dtype=torch.float64, device=a.device)
-    n = a.numel()
-    if n == 0:
-        return torch.cat([torch.zeros(6, dtype=torch.float64, device=a.device), nonfinite[None]])
-    mean = a.mean(dtype=torch.float64)
-    m2 = (a - mean.to(a.dtype)).square_().sum(dtype=torch.float64)
-    zeros = (a == 0).sum().to(torch.float64)
-    sat = torch.zeros((), dtype=torch.float64, device=a.device)
-    if bounds is not None:
-        centre, half = (bounds[0] + bounds[1]) / 2, (bounds[1] - bounds[0]) / 2
-        sat = ((a - centre).abs_() >= threshold * half).sum().to(torch.float64)
-    count = torch.tensor(float(n), dtype=torch.float64, device=a.device)
-    return torch.stack([count, mean * n, m2, mean * mean * n, zeros, sat, nonfinite])
-
-
-def stats_from_sums(sums: Sequence[float], bounded: bool) -> dict[str, float]:
-    """Mean, population std, dead (exact-zero) fraction and saturated fraction (NaN unless ``bounded``)
-    of the finite values, from :func:`output_sums` (a seventh entry, the non-finite count, is ignored)."""
-    n, s, m2, q, zeros, sat = (float(v) for v in list(sums)[:6])
-    if n <= 0:  # the layer did not run in this forward, or it output no finite value
-        return dict.fromkeys(STATS, math.nan)
-    var = max((m2 + q - s * s / n) / n, 0.0)
-    return {
-        "mean": s / n,
-        "std": math.sqrt(var),
-        "dead_fraction": zeros / n,
-        "saturated_fraction": sat / n if bounded else math.nan,
-    }
-
-
-NSUMS = 7
-
-
-def stat_view(t: torch.Tensor) -> torch.Tensor:
-    """A captured output as the statistics see it: detached; int, bool and half-precision as float32."""
-    a = t.detach()
-    return a.float() if not a.is_floating_point() or a.element_size() < 4 else a
-
-
-def first_tensor(output: Any, depth: int = 0) -> torch.Tensor | None:
-    """The tensor a hooked module's output stands for: the output itself, ``PackedSequence.data``, or the
-    first tensor found in a tuple, list, dict (in order) or dataclass; ``None`` when there is none."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if depth > 3 or output is None:
-        return None
-    if isinstance(output, PackedSequence):
-        return output.data
-    if isinstance(output, Mapping):
-        items: Any = output.values()
-    elif isinstance(output, (tuple, list)):
-        items = output
-    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
-        items = (getattr(output, f.name) for f in dataclasses.fields(output))
-    else:
-        return None
-    return next((t for t in (first_tensor(o, depth + 1) for o in items) if t is not None), None)
 
 
 def rank_channels(per_channel: torch.Tensor, order: str, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -495,7 +418,8 @@ class ActivationMapCallback(VizCallback):
             hist = self.history.setdefault(name, {"step": [], **{k: [] for k in HISTORY_STATS}})
             hist.setdefault("nonfinite", [0] * len(hist["step"]))
             hist["step"].append(step)
-            for k, v in stats.items():
+            for k in STATS:
+                v = stats[k]
                 hist[k].append(v)
                 if math.isfinite(v):
                     scalars[f"activation/{name}/{k}"] = v

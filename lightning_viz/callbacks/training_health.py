@@ -30,8 +30,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from lightning_viz.callbacks.activation_map import NSUMS, output_sums, saturation_bounds, stats_from_sums
 from lightning_viz.core import distributed, stats
+from lightning_viz.core.activation_stats import NSUMS, output_sums, saturation_bounds, stats_from_sums
 from lightning_viz.core.base import VizCallback, WhenFull, check_int, step_stem
 from lightning_viz.core.warn import VizWarning
 from lightning_viz.render.health import render_health

@@ -100,3 +100,207 @@ def capture_outputs(
             h.remove()
         for m, flag in modes.items():
             m.training = flag
+
+
+# ---------------------------------------------------------------------- what a layer passes on
+def _activation_types() -> tuple[type[nn.Module], ...]:
+    import torch.nn.modules.activation as act
+
+    return tuple(
+        c
+        for c in vars(act).values()
+        if isinstance(c, type)
+        and issubclass(c, nn.Module)
+        and c.__module__ == act.__name__
+        and c not in (nn.Module, nn.MultiheadAttention)
+    )
+
+
+ACTIVATION_TYPES = _activation_types()
+# Modules that act before the non-linearity (conv -> norm -> ReLU): a layer's statistics look past them.
+_PASS_THROUGH = tuple(
+    t
+    for t in (
+        nn.modules.batchnorm._NormBase,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.LocalResponseNorm,
+        getattr(nn, "RMSNorm", None),
+        nn.modules.dropout._DropoutNd,
+        nn.Identity,
+    )
+    if t is not None
+)
+
+
+def is_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is one of ``torch.nn``'s activation modules (ReLU, GELU, Tanh, Softmax, ...)."""
+    return isinstance(module, ACTIVATION_TYPES)
+
+
+class Passed:
+    """The tensor a hooked layer passes on, and where it was taken.
+
+    Attributes:
+        tensor: the tensor itself (not copied).
+        source: ``"output"`` (the layer's own output: it is an activation, a block ending in one, or nothing
+            ran after it), ``"activation"`` (the output of the activation module that follows it, past any
+            normalisation or dropout), or ``"next_input"`` (the input of the next module that ran: what a
+            functional activation such as ``F.relu`` in ``forward`` produced).
+        module_name: the module whose output or input it is.
+        module: that module (its bounds decide the saturated fraction).
+    """
+
+    __slots__ = ("module", "module_name", "source", "tensor")
+
+    def __init__(self, tensor: torch.Tensor, source: str, module_name: str, module: nn.Module) -> None:
+        self.tensor, self.source, self.module_name, self.module = tensor, source, module_name, module
+
+    def describe(self, layer: str) -> str:
+        """One phrase naming the tensor, for the figure and the data: e.g. ``"output of act1 (ReLU)"``."""
+        kind = type(self.module).__name__
+        if self.source == "output":
+            return f"output of {layer} ({kind})"
+        if self.source == "activation":
+            return f"output of {self.module_name} ({kind}) after {layer}"
+        return f"input of {self.module_name} ({kind}) after {layer}"
+
+
+def _first(value: Any, depth: int = 0) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if depth < 3 and isinstance(value, (tuple, list)):
+        return next((t for t in (_first(v, depth + 1) for v in value) if t is not None), None)
+    return None
+
+
+class PassedTracker:
+    """Forward hooks that follow each selected module to the tensor it passes on (see :class:`Passed`).
+
+    On the selected modules a forward hook notes the output; on every leaf module a pre-hook and a forward
+    hook resolve what waits: the output of the first activation module that runs next (normalisation,
+    dropout and identity modules in between are looked past), or else the input of the first other module
+    that runs next. What is still waiting when :meth:`finish` is called is the layer's own output.
+    ``on_passed(name, module, output, passed)`` is called once per call of a selected module.
+
+    Use :meth:`attach` and :meth:`detach` (or :func:`capture_passed`); :meth:`detach` always removes every
+    handle.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: Mapping[str, nn.Module],
+        on_passed: Callable[[str, nn.Module, Any, Passed], None],
+    ) -> None:
+        self.model, self.modules, self.on_passed = model, dict(modules), on_passed
+        self.executed: list[str] = []
+        self._pending: list[tuple[str, nn.Module, Any]] = []
+        self._last_leaf_activation = False
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def attach(self) -> None:
+        selected = {id(m): n for n, m in self.modules.items()}
+        for name, module in self.model.named_modules():
+            leaf = next(module.children(), None) is None
+            if not (leaf or id(module) in selected):
+                continue
+            self._handles.append(module.register_forward_pre_hook(self._pre(name, leaf)))
+            self._handles.append(
+                module.register_forward_hook(self._post(name, selected.get(id(module)), leaf))
+            )
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._pending = []
+
+    def finish(self) -> None:
+        """Resolve what still waits with each layer's own output (nothing ran after it)."""
+        pending, self._pending = self._pending, []
+        for name, module, output in pending:
+            t = _first(output)
+            if isinstance(t, torch.Tensor):
+                self.on_passed(name, module, output, Passed(t, "output", name, module))
+            else:
+                self.on_passed(name, module, output, Passed(output, "output", name, module))
+
+    def _resolve(self, tensor: Any, source: str, by: str, module: nn.Module) -> None:
+        pending, self._pending = self._pending, []
+        for name, m, output in pending:
+            self.on_passed(name, m, output, Passed(tensor, source, by, module))
+
+    def _pre(self, name: str, leaf: bool) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            if not leaf or not self._pending or is_activation(module) or isinstance(module, _PASS_THROUGH):
+                return
+            t = _first(args)
+            if t is not None:
+                self._resolve(t, "next_input", name, module)
+
+        return hook
+
+    def _post(self, name: str, selected: str | None, leaf: bool) -> Callable[..., None]:
+        def hook(module: nn.Module, _args: Any, output: Any) -> None:
+            if leaf and is_activation(module) and self._pending:
+                t = _first(output)
+                if t is not None:
+                    self._resolve(t, "activation", name, module)
+            if leaf:
+                self._last_leaf_activation = is_activation(module)
+            if selected is None:
+                return
+            self.executed.append(selected)
+            if is_activation(module) or (not leaf and self._last_leaf_activation):
+                t = _first(output)
+                self.on_passed(selected, module, output, Passed(t, "output", selected, module))
+            else:
+                self._pending.append((selected, module, output))
+
+        return hook
+
+
+@contextmanager
+def capture_passed(
+    model: nn.Module,
+    modules: Mapping[str, nn.Module],
+    on_passed: Callable[[str, nn.Module, Any, Passed], None],
+    *,
+    eval_mode: bool = True,
+) -> Iterator[PassedTracker]:
+    """:class:`PassedTracker` hooks for the duration of the block; train/eval flags restored on exit.
+
+    Call the tracker's ``finish()`` after the forward pass (it resolves the last layers with their own
+    output); on an exception nothing more is reported and every hook is removed all the same.
+    """
+    modes = {m: m.training for m in model.modules()}
+    tracker = PassedTracker(model, modules, on_passed)
+    try:
+        tracker.attach()
+        if eval_mode:
+            model.eval()
+        yield tracker
+    finally:
+        tracker.detach()
+        for m, flag in modes.items():
+            m.training = flag
+
+
+@contextmanager
+def eager() -> Iterator[None]:
+    """Run ``torch.compile``d code eagerly inside the block, so that hooks added after compilation fire.
+
+    Dynamo does not guard on forward hooks of ``nn.Module`` by default (``skip_nnmodule_hook_guards``), so a
+    graph compiled before the hooks existed would run without calling them. ``torch.compiler.set_stance``
+    (torch >= 2.6) makes every compiled function run its original Python code for the block.
+    """
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    if set_stance is None:  # older torch: disable dynamo for everything called in the block
+        import torch._dynamo as dynamo
+
+        with dynamo.config.patch(skip_nnmodule_hook_guards=False):
+            yield
+        return
+    with set_stance("force_eager"):
+        yield

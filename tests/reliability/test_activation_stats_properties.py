@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lightning_viz.callbacks.activation_map import output_sums, stat_view, stats_from_sums
+from lightning_viz.core.activation_stats import output_sums, stat_view, stats_from_sums
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.bool]
 BOUNDS = [None, (-1.0, 1.0), (0.0, 1.0)]
