@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from lightning_viz.core import distributed, stats
+from lightning_viz.core import distributed, precision, stats
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
 from lightning_viz.core.hooks import match_modules
 from lightning_viz.core.warn import warn_once
@@ -99,21 +99,31 @@ class _Series:
 
 
 class WeightHistogramCallback(VizCallback):
-    """Histograms of parameters and gradients every N optimizer steps, and their evolution over training.
+    """Histograms of parameters and gradients every N-th step of each optimizer, and their evolution.
 
     Sends native histograms to TensorBoard (tags ``weights/<param>`` and ``gradients/<param>``), a norm per
     parameter as a scalar (``weight_norm/<param>``, ``grad_norm/<param>``), the count of NaN/Inf values when
     there are any (``nonfinite/<weights|gradients>/<param>``), and one figure per selection showing each
     parameter's distribution over the steps (``weights_evolution_stepNNNNNN.png`` with an ``.npz`` beside it
     holding ``parameters`` and, per parameter, ``<param>/steps``, ``<param>/edges``, ``<param>/counts`` and
-    ``<param>/nonfinite``). The history behind the figures is part of the checkpoint. Weights are captured as they stand before the optimizer step of the logged step,
-    gradients as the optimizer is about to use them (after unscaling, before clipping). Counts are exact
-    and cover the finite values; nothing is computed on steps that do not log.
+    ``<param>/nonfinite``). The history behind the figures is part of the checkpoint.
+
+    Weights are captured as they stand before the optimizer step of the logged step, gradients as the
+    optimizer is about to use them: before Lightning's gradient clipping (under manual optimization, after
+    any clipping done before ``step()``), and unscaled under mixed precision (also with fused optimizers,
+    which unscale inside ``step()``); under a ``GradScaler``, NaN/Inf gradients (the steps it
+    skips) are counted but not warned about. Each capture is labelled with ``trainer.global_step``. Under
+    manual optimization with several optimizers (a GAN), each optimizer's parameters are captured on that
+    optimizer's own steps, so a discriminator stepped after the generator is captured too; parameters that
+    start training later (``BackboneFinetuning``, ``add_param_group``) have gradient histograms from then on.
+    Counts are exact and cover the finite values; nothing is computed on steps that do not log.
 
     Args:
-        every_n_steps: capture when ``trainer.global_step`` is a multiple of this; ``null`` to disable.
-        every_n_epochs: also capture at the last optimizer step of every N-th training epoch (at the
-            epoch end, weights only, when the epoch length is unknown); ``null`` to disable.
+        every_n_steps: capture on every N-th step of each optimizer: its steps 0, N, 2N, ... (with one
+            optimizer, when ``trainer.global_step`` is a multiple of N); ``null`` to disable.
+        every_n_epochs: also capture in the last batch of every N-th training epoch, at each optimizer's
+            step there (its first, if it steps more than once; at the epoch end, weights only, when the
+            epoch length is unknown); ``null`` to disable.
         bins: bins per histogram (>= 2). Bin widths are powers of two, so bins line up across steps.
         layers: glob patterns over module names (``"features.*"``, ``"*conv*"``); the parameters those
             modules own directly are logged. Default: every parameter of the model.
@@ -176,6 +186,10 @@ class WeightHistogramCallback(VizCallback):
         self._drawn_version = 0
         self._batch_idx = -1
         self._captured_epoch = -1
+        # manual optimization: steps taken by each optimizer (index in trainer.optimizers), and the epoch
+        # of each one's last epoch capture
+        self._opt_steps: dict[int, int] = {}
+        self._opt_epoch: dict[int, int] = {}
 
     @property
     def state_key(self) -> str:
@@ -204,6 +218,16 @@ class WeightHistogramCallback(VizCallback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._params = self._select(pl_module)  # after configure_model and strategy set-up
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After the checkpoint (callback state, then global_step) is restored.
+        if pl_module.automatic_optimization:
+            return
+        if trainer.global_step == 0:  # a fresh run counts from zero
+            self._opt_steps = {}
+        elif not self._opt_steps:  # resumed from a checkpoint without the counts: assume alternating steps
+            n = max(1, len(trainer.optimizers))
+            self._opt_steps = dict.fromkeys(range(n), trainer.global_step // n)
+
     # ------------------------------------------------------------------ schedule
     def _epoch_due(self, trainer: Trainer) -> bool:
         return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
@@ -216,18 +240,27 @@ class WeightHistogramCallback(VizCallback):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        # Every decision below depends only on counters every rank advances alike, never on data.
+        index = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
         step = trainer.global_step
-        if step == self._last_step:  # a second optimizer in the same step
-            return
-        by_step = self.every_n_steps is not None and step % self.every_n_steps == 0
+        if pl_module.automatic_optimization:  # one optimizer: its steps are the global steps
+            if step == self._last_step:
+                return
+            own = step
+        else:  # trainer.global_step counts the steps of every optimizer: count each one's own
+            own = self._opt_steps.get(index, 0)
+            self._opt_steps[index] = own + 1
+        by_step = self.every_n_steps is not None and own % self.every_n_steps == 0
         # Epoch captures happen at the epoch's last optimizer step: by the epoch end Lightning has already
         # set the gradients to None for validation.
         last_batch = self._batch_idx + 1 >= trainer.num_training_batches  # inf when the length is unknown
-        by_epoch = last_batch and self._epoch_due(trainer)
+        by_epoch = (
+            last_batch and self._epoch_due(trainer) and self._opt_epoch.get(index) != trainer.current_epoch
+        )
         if by_epoch:
-            self._captured_epoch = trainer.current_epoch
+            self._captured_epoch = self._opt_epoch[index] = trainer.current_epoch
         if by_step or by_epoch:
-            self._capture(trainer, pl_module, step)
+            self._capture(trainer, pl_module, step, optimizer, index)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Fallback when the epoch's last step was not recognised (unknown length, max_steps): weights only.
@@ -236,7 +269,7 @@ class WeightHistogramCallback(VizCallback):
             and self._captured_epoch != trainer.current_epoch
             and trainer.global_step != self._last_step
         ):
-            self._capture(trainer, pl_module, trainer.global_step)
+            self._capture(trainer, pl_module, trainer.global_step, None, None)
         if (trainer.current_epoch + 1) % self.figure_every_n_epochs == 0:
             self._draw(trainer)
 
@@ -247,21 +280,67 @@ class WeightHistogramCallback(VizCallback):
         self._draw(trainer)
 
     # ------------------------------------------------------------------ capture -> reduce -> emit
-    def _capture(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
-        """Every rank, same order: one ``histogram_set`` call (two collectives when distributed)."""
+    def _split(
+        self, trainer: Trainer, pl_module: LightningModule, index: int | None
+    ) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
+        """The selected parameters whose weights and whose gradients a capture for optimizer ``index`` takes.
+
+        Read from the optimizers' current param groups, so that a group added mid-training (unfreezing)
+        counts from then on. Weights: the parameters optimizer ``index`` steps, and with the first optimizer
+        those no optimizer steps (frozen ones). Gradients: the parameters it steps that require a gradient;
+        a parameter no optimizer holds has a gradient nothing uses or zeroes. ``index=None``: every
+        weight, no gradient. When no optimizer holds any of the model's parameters (a strategy that steps
+        copies), every selected parameter that requires a gradient.
+        """
+        params = list(self._params or [])
+        if index is None:
+            return params, []
+        owners: dict[int, set[int]] = {}
+        for i, opt in enumerate(trainer.optimizers):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    owners.setdefault(id(p), set()).add(i)
+        if not any(id(p) in owners for p in pl_module.parameters()):
+            return params, [(n, p) for n, p in params if p.requires_grad]
+        weights = [(n, p) for n, p in params if index in owners.get(id(p), {0})]
+        grads = [(n, p) for n, p in params if index in owners.get(id(p), ()) and p.requires_grad]
+        return weights, grads
+
+    def _capture(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        step: int,
+        optimizer: torch.optim.Optimizer | None,
+        index: int | None,
+    ) -> None:
+        """Every rank, same order: one ``histogram_set`` call (two collectives when distributed).
+
+        With ``optimizer``, the parameters it steps (weights and gradients); without, every parameter's
+        weights (the epoch-end fallback, when no gradient is left).
+        """
         self._last_step = step
         with self.guard(trainer, "histogram capture"):
             if self._params is None:
                 self._params = self._select(pl_module)
+            chosen = dict(zip(("weights", "gradients"), self._split(trainer, pl_module, index)))
             tensors: list[torch.Tensor | None] = []
             names: list[str] = []
             for sel in SELECTIONS[self.log_what]:
-                for name, p in self._params:
-                    if sel == "gradients" and not p.requires_grad:
-                        continue
+                for name, p in chosen[sel]:
                     tensors.append(p if sel == "weights" else p.grad)
                     names.append(f"{sel}/{name}")
-            hs, failed = stats.histogram_set(tensors, names, self.bins)
+            if not names:
+                return
+            # the factor gradients still carry (fused optimizers under a GradScaler): one host copy
+            scale = None
+            if optimizer is not None and any(n.startswith("gradients/") for n in names):
+                scale = precision.grad_scale(trainer, optimizer)
+            if scale is None:
+                hs, failed = stats.histogram_set(tensors, names, self.bins)
+            else:  # gradients still carry the loss scale: take it out
+                scales = [scale if n.startswith("gradients/") else None for n in names]
+                hs, failed = precision.histogram_set(tensors, names, self.bins, scales)
             if failed:
                 warn_once(
                     (type(self).__name__, "failed-capture"),
@@ -271,7 +350,7 @@ class WeightHistogramCallback(VizCallback):
                 )
                 return
             self._record(hs, step)
-            self._report_nonfinite(hs, step)
+            self._report_nonfinite(hs, step, precision.has_grad_scaler(trainer))
             self.publish(trainer, "histograms", step, hs)
             self._emit_step(trainer, hs, step)
 
@@ -288,10 +367,15 @@ class WeightHistogramCallback(VizCallback):
             series.append(step, round(edges[0] / w), w, hs.counts[i], int(hs.nonfinite[i]), self.max_history)
         self._version += 1
 
-    def _report_nonfinite(self, hs: stats.HistogramSet, step: int) -> None:
+    def _report_nonfinite(self, hs: stats.HistogramSet, step: int, scaler: bool = False) -> None:
         """One warning per run: the first parameter (weights, then gradients, in model order) and step with
-        NaN/Inf values, and every parameter affected at that step."""
-        bad = [(tag, int(n)) for tag, n in zip(hs.names, hs.nonfinite) if n > 0]
+        NaN/Inf values, and every parameter affected at that step. Under a ``GradScaler`` (``scaler``),
+        NaN/Inf gradients are its business (it skips the step and lowers the scale): not warned about."""
+        bad = [
+            (tag, int(n))
+            for tag, n in zip(hs.names, hs.nonfinite)
+            if n > 0 and not (scaler and tag.startswith("gradients/"))
+        ]
         if not bad:
             return
         tag, n = bad[0]
@@ -401,7 +485,13 @@ class WeightHistogramCallback(VizCallback):
             }
             for sel, series in self._history.items()
         }
-        return {"version": STATE_VERSION, "bins": self.bins, "last_step": self._last_step, "history": history}
+        return {
+            "version": STATE_VERSION,
+            "bins": self.bins,
+            "last_step": self._last_step,
+            "optimizer_steps": dict(self._opt_steps),
+            "history": history,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         owner = type(self).__name__
@@ -417,6 +507,9 @@ class WeightHistogramCallback(VizCallback):
             version = state_dict.get("version")
             warn(f"the saved state has version {version!r}, not {STATE_VERSION}", "loading what is readable")
         self._last_step = int(state_dict.get("last_step", -1))
+        steps = state_dict.get("optimizer_steps")
+        if isinstance(steps, Mapping):
+            self._opt_steps = {int(i): int(n) for i, n in steps.items()}
         if state_dict.get("bins") != self.bins:
             warn(f"the saved history has bins={state_dict.get('bins')!r} but `bins` is {self.bins}")
             return
