@@ -8,10 +8,11 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from lightning_viz.render._figure import new_figure
-from lightning_viz.render._layout import fit_axes, nice_ticks, place_grid
+from lightning_viz.render._layout import fit_axes, nice_ticks, place_grid, text_size
 
 TRAINABLE_COLOR = "#1f77b4"
 FROZEN_COLOR = "#b0b0b0"
+FROZEN_TEXT_COLOR = "#b35900"  # names and counts of blocks with frozen parameters
 MAX_BLOCKS = 16
 
 
@@ -22,6 +23,20 @@ def human_count(n: float) -> str:
         if abs(n) >= div:
             return f"{n / div:.3g}{unit}"
     return f"{int(n):d}"
+
+
+def frozen_label(trainable: int, frozen: int) -> str:
+    """What a bar's label adds about its frozen part: ``", all frozen"``, ``", 40 frozen (12%)"`` or ``""``."""
+    if not frozen:
+        return ""
+    if not trainable:
+        return ", all frozen"
+    return f", {human_count(frozen)} frozen ({frozen / (trainable + frozen):.0%})"
+
+
+def _share(n: int, total: int) -> str:
+    share = n / total if total else 0.0
+    return "<0.1%" if 0 < share < 0.001 else f"{share:.1%}"
 
 
 def _blocks(data: Mapping[str, Any], limit: int) -> list[tuple[str, int, int]]:
@@ -38,6 +53,9 @@ def _blocks(data: Mapping[str, Any], limit: int) -> list[tuple[str, int, int]]:
 
 def render_summary(data: Mapping[str, Any], *, max_blocks: int = MAX_BLOCKS) -> Figure:
     """Horizontal stacked bars: parameters of each top-level block, split into trainable and frozen.
+
+    A block with frozen parameters (``requires_grad=False``) has its name and count in orange and says
+    how much of it is frozen, so that a small layer frozen by mistake shows however thin its bar.
 
     Args:
         data: ``{"model": str, "totals": {"total_params", "trainable_params", "frozen_params"},
@@ -71,12 +89,22 @@ def render_summary(data: Mapping[str, Any], *, max_blocks: int = MAX_BLOCKS) -> 
     ax.barh(y, train_vals, color=TRAINABLE_COLOR, label="trainable")
     ax.barh(y, frozen_vals, left=train_vals, color=FROZEN_COLOR, hatch="//", label="frozen")
     widest = max(t + f for _, t, f in blocks)
-    for yi, (_, t, f) in zip(y, blocks):
-        share = (t + f) / total if total else 0.0
-        ax.text(t + f + widest * 0.01, yi, f"{human_count(t + f)} ({share:.1%})", va="center", fontsize=8)
+    labels = [f"{human_count(t + f)} ({_share(t + f, total)}){frozen_label(t, f)}" for _, t, f in blocks]
+    # the x range leaves room for each label right of its bar (axes width estimated from the names' width)
+    axes_w = max(fig.get_size_inches()[0] - max(text_size(fig, n, 8)[0] for n in names) - 0.7, 1.0)
+    room = [
+        (t + f + widest * 0.01) / max(0.98 - text_size(fig, s, 8, weight="bold")[0] / axes_w, 0.2)
+        for (_, t, f), s in zip(blocks, labels)
+    ]
+    for yi, (_, t, f), s in zip(y, blocks, labels):
+        weight, color = ("bold", FROZEN_TEXT_COLOR) if f else ("normal", "black")
+        ax.text(t + f + widest * 0.01, yi, s, va="center", fontsize=8, fontweight=weight, color=color)
     ax.set_yticks(y, names, fontsize=8)
+    for tick, (_, _t, f) in zip(ax.get_yticklabels(), blocks):
+        if f:  # a block that does not (fully) train stands out, however thin its bar
+            tick.set_color(FROZEN_TEXT_COLOR)
     ax.invert_yaxis()
-    ax.set_xlim(0, widest * 1.3)
+    ax.set_xlim(0, max(widest * 1.3, *room))
     ax.set_xlabel("parameters (each shared parameter counted once, in its first block)")
     ax.legend(loc="lower right", fontsize=8)
     nice_ticks(ax.xaxis, 8)

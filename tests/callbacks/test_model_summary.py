@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_viz.callbacks.model_summary import ModelSummaryCallback, count_parameters
+from lightning_viz.callbacks.model_summary import (
+    FROZEN_LISTED,
+    ModelSummaryCallback,
+    count_parameters,
+    frozen_section,
+)
 from lightning_viz.core.hooks import hook_count
 from lightning_viz.core.warn import VizWarning
 from tests.helpers import RandomImages, TinyCNN, make_trainer, read_events
@@ -80,11 +85,28 @@ def test_count_parameters_dedupes_tied_and_splits_frozen():
     assert sum(t + f for t, f in counts.blocks.values()) == counts.total
 
 
+def test_frozen_parameters_listed_with_a_cap():
+    model = nn.Sequential(*[nn.Linear(3, 3) for _ in range(7)], nn.Linear(3, 1))
+    for layer in model[:6]:
+        layer.requires_grad_(False)
+    counts = count_parameters(model)
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    assert [f["name"] for f in counts.frozen_params] == [n for n, _ in frozen]
+    assert counts.frozen == sum(f["numel"] for f in counts.frozen_params) == sum(p.numel() for _, p in frozen)
+    (line,) = frozen_section(counts)
+    names = ", ".join(n for n, _ in frozen[:FROZEN_LISTED])
+    assert line == f"Not trained (requires_grad=False): 72 parameters in 12 tensors: {names}, ... and 2 more"
+    assert frozen_section(count_parameters(nn.Linear(2, 2))) == []
+
+
 def test_summary_files_totals_scalars_and_cleanup(tmp_path):
     model = TiedFrozen()
     cb = ModelSummaryCallback(depth=2)
     before, after = ModeProbe(freeze_norm=True), ModeProbe(freeze_norm=False)
-    trainer = _fit(tmp_path, model, [before, cb, after])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, model, [before, cb, after])
+    assert not _viz_warnings(caught)  # a normal run: nothing to act on
 
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -117,6 +139,12 @@ def test_summary_files_totals_scalars_and_cleanup(tmp_path):
     assert rows["fc"]["mult_adds"] == 2 * 100  # torchinfo's Linear rule: batch x parameters
     assert data["totals"]["total_params"] == total
     assert sum(b["trainable"] + b["frozen"] for b in data["blocks"]) == total
+    # The parameters that do not train, by full name, with their sizes.
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    assert [f["name"] for f in data["frozen"]] == list(frozen) == ["conv1.weight", "conv1.bias"]
+    assert [f["shape"] for f in data["frozen"]] == [list(p.shape) for p in frozen.values()]
+    assert sum(f["numel"] for f in data["frozen"]) == sum(p.numel() for p in frozen.values()) == 40
+    assert "Not trained (requires_grad=False): 40 parameters in 2 tensors: conv1.weight, conv1.bias\n" in text
 
     with Image.open(out / "summary.png") as img:
         assert img.size[0] > 100 and img.size[1] > 100
@@ -149,7 +177,7 @@ def test_uses_example_input_array(tmp_path):
 
 
 class DictBatches(RandomImages):
-    """Batches that are dicts: no tensor for the summary to find."""
+    """Batches that are dicts ``{"x": images, "y": labels}``."""
 
     def train_dataloader(self):
         data = [{"x": x, "y": y} for x, y in zip(self.x, self.y)]
@@ -168,25 +196,202 @@ class DictModel(TinyCNN):
         return super().training_step((batch["x"], batch["y"]), batch_idx)
 
 
-def test_without_input_counts_parameters_only_and_says_so_once(tmp_path):
+def _viz_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, VizWarning)]
+
+
+def test_dict_batch_feeds_its_x(tmp_path):
     model = DictModel()
     cb = ModelSummaryCallback()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = _fit(tmp_path, model, [cb], data=DictBatches())
-    said = [
-        w
-        for w in caught
-        if issubclass(w.category, VizWarning) and "no `example_input_array`" in str(w.message)
-    ]
-    assert len(said) == 1
-    assert cb.summary["input_shape"] is None
+        _fit(tmp_path, model, [cb], data=DictBatches())
+    assert not _viz_warnings(caught)
+    # forward(x) has a parameter named like the key: fed as forward(x=batch["x"][:2])
+    assert (
+        cb.summary["input_shape"] == {"x": [2, 1, 8, 8]} and cb.summary["input_source"] == "batch keys ['x']"
+    )
+    assert {r["name"]: r["output_shape"] for r in cb.summary["rows"]}["fc"] == [2, 4]
+
+
+VOCAB, SEQ = 20, 12
+
+
+class TokenModel(LightningModule):
+    """``forward(input_ids, attention_mask)``: a masked mean of token embeddings, then a linear head."""
+
+    def __init__(self, example: str | None = None) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 8)
+        self.head = nn.Linear(8, 3)
+        ids, mask = torch.zeros(3, SEQ, dtype=torch.long), torch.ones(3, SEQ)
+        if example == "dict":
+            self.example_input_array = {"input_ids": ids, "attention_mask": mask}
+        elif example == "tuple":
+            self.example_input_array = (ids, mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.embed(input_ids) * attention_mask.unsqueeze(-1)
+        return self.head(h.sum(1) / attention_mask.sum(1, keepdim=True).clamp(min=1))
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        return nn.functional.cross_entropy(logits, batch["labels"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class Tokens(LightningDataModule):
+    """Dict batches ``{"input_ids", "attention_mask", "labels"}`` of 16 sequences."""
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, VOCAB, (32, SEQ), generator=g)
+        mask = (torch.rand(32, SEQ, generator=g) > 0.2).float()
+        labels = torch.randint(0, 3, (32,), generator=g)
+        data = [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(ids, mask, labels)]
+        return DataLoader(data, batch_size=16)
+
+
+@pytest.mark.parametrize(
+    ("example", "shape", "source"),
+    [
+        (
+            None,
+            {"input_ids": [2, SEQ], "attention_mask": [2, SEQ]},
+            "batch keys ['input_ids', 'attention_mask']",
+        ),
+        ("dict", {"input_ids": [3, SEQ], "attention_mask": [3, SEQ]}, "example_input_array"),
+        ("tuple", [[3, SEQ], [3, SEQ]], "example_input_array"),
+    ],
+)
+def test_keyword_forward_fed_by_dict_batch_or_example(tmp_path, example, shape, source):
+    model = TokenModel(example)
+    cb = ModelSummaryCallback()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, model, [cb], data=Tokens())
+    assert not _viz_warnings(caught)
+    assert cb.summary["input_shape"] == shape and cb.summary["input_source"] == source
+    rows = {r["name"]: r for r in cb.summary["rows"]}
+    n = shape["input_ids"][0] if isinstance(shape, dict) else shape[0][0]
+    assert rows["embed"]["output_shape"] == [n, SEQ, 8] and rows["head"]["output_shape"] == [n, 3]
+    assert rows["head"]["mult_adds"] == n * (8 * 3 + 3)  # torchinfo's Linear rule: batch x parameters
+    assert cb.summary["totals"]["mult_adds"] == rows["head"]["mult_adds"] + rows["embed"]["mult_adds"]
+    assert f"({source})" in cb.summary["text"]
+
+
+class UnfeedableModel(TinyCNN):
+    """``forward(image, mask)`` with dict batches ``{"x", "y"}``: no rule can tell what to pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.example_input_array = None
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return super().forward(image * mask)
+
+    def training_step(self, batch, batch_idx):
+        x = batch["x"]
+        return nn.functional.cross_entropy(self(x, torch.ones_like(x)), batch["y"])
+
+
+def _check_counts_only(cb, model, caught, match: str) -> None:
+    said = _viz_warnings(caught)
+    assert len(said) == 1 and match in said[0], said
+    assert cb.summary["input_shape"] is None and cb.summary["totals"]["mult_adds"] is None
     assert cb.summary["totals"]["total_params"] == sum(p.numel() for p in model.parameters())
-    assert cb.summary["totals"]["mult_adds"] is None
-    assert "no example input" in cb.summary["text"] and "Output Shape" not in cb.summary["text"]
+    assert "Output Shape" not in cb.summary["text"]
+
+
+def test_unfeedable_forward_warns_once_how_to_set_example_input_array(tmp_path):
+    model = UnfeedableModel()
+    cb = ModelSummaryCallback()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, model, [cb], data=DictBatches())
+    _check_counts_only(cb, model, caught, "`self.example_input_array`")
+    assert "UnfeedableModel.forward(image: " in _viz_warnings(caught)[0]
+    assert "no example input" in cb.summary["text"]
     events = read_events(trainer.logger.log_dir)
     assert "model/total_params" in events.Tags()["scalars"]
     assert "model/mult_adds" not in events.Tags()["scalars"]
+
+
+def test_failing_table_without_input_still_gives_counts(tmp_path, monkeypatch):
+    import lightning_viz.callbacks.model_summary as ms
+
+    real = ms._torchinfo_summary
+
+    def no_table_without_input(model, input_data, *args, **kwargs):
+        if input_data is None:
+            raise TypeError("torchinfo could not walk this model")
+        return real(model, input_data, *args, **kwargs)
+
+    monkeypatch.setattr(ms, "_torchinfo_summary", no_table_without_input)
+    model = UnfeedableModel()
+    cb = ModelSummaryCallback()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, model, [cb], data=DictBatches())
+    _check_counts_only(cb, model, caught, "`self.example_input_array`")  # one warning says both
+    assert "torchinfo could not list the model" in _viz_warnings(caught)[0]
+    assert cb.summary["torchinfo_totals"] is None and "(no torchinfo table)" in cb.summary["text"]
+    rows = {r["name"]: r for r in cb.summary["rows"]}
+    assert rows["conv2"]["params"] == 222 and rows["conv2"]["output_shape"] is None
+    assert (Path(trainer.log_dir) / "viz" / "model_summary" / "summary.png").exists()
+
+
+class Block(nn.Module):
+    """A custom block (no ``__len__``: torchinfo's truth test of its compiled wrapper raises)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).relu()
+
+
+class CompiledChild(TinyCNN):
+    """TinyCNN whose ``conv1`` is a ``torch.compile``d custom block and ``head`` a compiled Sequential."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.compile(Block(), backend="eager")
+        self.fc = torch.compile(nn.Sequential(nn.Linear(24, 8), nn.ReLU(), nn.Linear(8, 4)), backend="eager")
+        self.example_input_array = None
+
+
+@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile (dynamo) unsupported")
+@pytest.mark.parametrize("form", ["fit_compiled_module", "compiled_submodules"])
+def test_compiled_model_summary_has_shapes(tmp_path, form):
+    torch._dynamo.reset()
+    model = CompiledChild() if form == "compiled_submodules" else TinyCNN()
+    model.example_input_array = None  # the first training batch, through the compiled code
+    fitted = torch.compile(model, backend="eager") if form == "fit_compiled_module" else model
+    cb = ModelSummaryCallback()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = _fit(tmp_path, fitted, [cb])  # with a validation loop
+    finally:
+        torch._dynamo.reset()
+    assert not _viz_warnings(caught)
+    assert trainer.global_step == 2 and trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.completed
+    assert cb.summary["input_shape"] == [2, 1, 8, 8] and cb.summary["model"] == type(model).__name__
+    rows = {r["name"]: r for r in cb.summary["rows"]}
+    assert not [n for n in rows if "_orig_mod" in n] and "_orig_mod" not in cb.summary["text"]
+    if form == "compiled_submodules":
+        assert rows["conv1"]["type"] == "Block" and rows["conv1.conv"]["output_shape"] == [2, 4, 8, 8]
+        assert rows["fc.2"]["output_shape"] == [2, 4] and rows["fc.0"]["mult_adds"] == 2 * (24 * 8 + 8)
+        assert type(model.conv1).__name__ == type(model.fc).__name__ == "OptimizedModule"  # put back
+    else:
+        assert rows["conv2"]["output_shape"] == [2, 6, 8, 8] and rows["fc"]["output_shape"] == [2, 4]
+    assert cb.summary["totals"]["total_params"] == sum(p.numel() for p in model.parameters())
+    assert cb.summary["totals"]["mult_adds"] > 0 and not cb.summary["notes"]
+    assert hook_count(model) == 0
 
 
 class BrokenForward(TinyCNN):
