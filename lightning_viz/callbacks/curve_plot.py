@@ -1,10 +1,12 @@
 """CurvePlotCallback: curves of the logged metrics, grouped into panels, redrawn every epoch.
 
 Recording costs no collective and no host sync on the training step: step-level values are the tensors
-Lightning already holds for its loggers (``trainer._results.metrics(True)["log"]``, synced when the user
-asked for ``sync_dist``), kept detached and copied to the host in one go at the end of each epoch.
-Epoch-level values are read when the training epoch and each validation run end (not during the
-sanity check). Points are placed at the step Lightning's loggers use, so they line up with TensorBoard.
+Lightning already holds for its loggers (in ``trainer._results``, synced when the user asked for
+``sync_dist``), kept detached and copied to the host in one go at the end of each epoch. Epoch-level
+values are read when the training epoch and each validation run end (not during the sanity check), those
+of every validation dataloader (``val_loss/dataloader_idx_0``, ``_1``, ...). Points are placed at the step
+Lightning's loggers use, so they line up with TensorBoard. The reads of Lightning's private state are the
+small functions at the top of this file, each with the Lightning version it was written for and why.
 
 Files under ``<log_dir>/viz/curves/``: ``curves_epoch{EEE}.png`` each epoch (``EEE`` = the epoch index,
 the last one drawn again at fit end if points arrived after it) and one ``curves.json``, rewritten each
@@ -16,13 +18,16 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from collections import Counter
 from difflib import get_close_matches
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from torchmetrics import Metric
 
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
 from lightning_viz.core.warn import warn_once
@@ -30,16 +35,33 @@ from lightning_viz.render.curves import render_curves
 
 Mode = Literal["min", "max"]
 DEFAULT_PANELS: dict[str, list[str]] = {"loss": ["*loss*"], "accuracy": ["*acc*"], "learning rate": ["lr*"]}
-OTHER_PANEL = "other"
 Value = float | torch.Tensor
+Logged = tuple[str, torch.Tensor, str, Any]  # name, value, name before _step/_epoch, torchmetrics Metric
+_STAGE_PREFIX = re.compile(r"^(train|training|val|valid|validation|test)[_/.-]", re.IGNORECASE)
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name.lower(), p.lower()) for p in patterns)
 
 
+def _quantity(name: str) -> str:
+    """What a metric measures, for the panel of a metric no pattern claims: ``val_mae``,
+    ``train_mae_step`` and ``test_mae/dataloader_idx_1`` are all ``mae``."""
+    q = re.sub(r"_(step|epoch)$", "", name.split("/dataloader_idx_")[0])
+    return _STAGE_PREFIX.sub("", q) or name
+
+
+def _direction(higher_is_better: Any) -> Mode | None:
+    return None if higher_is_better is None else ("max" if higher_is_better else "min")
+
+
+# ---------------------------------------------------------------------- Lightning's private state
 def _logger_step(trainer: Trainer, *, epoch_end: bool = False) -> int:
-    """The step Lightning's loggers use for what is logged now (``global_step`` if that is unavailable)."""
+    """The step Lightning's loggers use for what is logged now (``global_step`` if that is unavailable).
+
+    Lightning 2.0-2.6 logs at ``fit_loop.epoch_loop._batches_that_stepped`` (private; no public counterpart:
+    ``global_step`` counts optimizer steps, which differ under gradient accumulation and manual optimization).
+    """
     stepped = getattr(
         getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None
     )
@@ -49,29 +71,69 @@ def _logger_step(trainer: Trainer, *, epoch_end: bool = False) -> int:
     return max(stepped - 1, 0) if epoch_end else stepped
 
 
-class CurvePlotCallback(VizCallback):
-    """Learning curves of logged metrics: panels chosen by name patterns, smoothing, best value marked.
+def _logged(trainer: Trainer, on_step: bool) -> list[Logged] | None:
+    """Every value logged with ``self.log`` for the loggers in the loop that runs now, whatever dataloader
+    logged it: ``(name, value, name before _step/_epoch, torchmetrics Metric or None)``; ``None`` when
+    Lightning's state cannot be read this way.
 
-    Every metric logged with ``self.log`` (step- or epoch-level, training and validation, torchmetrics
-    objects included) is recorded; panels pick them by case-insensitive glob patterns over the logged
-    names (``train_loss_step``, ``train_loss_epoch``, ``val_acc``, ...). The history lives in the
-    callback's state, so a run resumed from a checkpoint continues its curves. Lightning calls callbacks'
-    ``on_train_epoch_end`` before the LightningModule's, so values the module logs in its own
-    ``on_train_epoch_end`` are not seen: log them from ``training_step`` with ``on_epoch=True`` (or from
-    ``on_validation_epoch_end``).
+    Lightning 2.0-2.6 keeps them in ``trainer._results`` (private), a ``_ResultCollection`` of
+    ``_ResultMetric``. Its ``metrics(on_step)`` keeps only those of the current ``dataloader_idx``, which is
+    ``None`` when an evaluation ends, so the values of ``val_loss/dataloader_idx_0`` and ``_1`` never came
+    through it. Each one is read here with Lightning's own ``_get_cache`` (the value its loggers get) and
+    ``_forked_name`` (the ``_step``/``_epoch`` and ``/dataloader_idx_N`` names), unfiltered. A value logged
+    as a Metric object keeps it in ``_ResultMetric.value`` (``is_tensor`` false): its ``higher_is_better``
+    says which way is best.
+    """
+    results = getattr(trainer, "_results", None)
+    if results is None:
+        return []
+    try:
+        out = []
+        for item in list(results.values()):
+            if item.has_reset or not item.meta.logger:
+                continue
+            value = results._get_cache(item, on_step)
+            if isinstance(value, torch.Tensor):
+                base, name = results._forked_name(item, on_step)
+                out.append((name, value, base, None if item.is_tensor else item.value))
+        return out
+    except AttributeError:  # another Lightning: the caller falls back to trainer.callback_metrics
+        return None
+
+
+class CurvePlotCallback(VizCallback):
+    """Learning curves of every logged metric: panels chosen by name patterns, smoothing, best value marked.
+
+    Every metric logged with ``self.log`` (step- or epoch-level, training and validation, of every
+    validation dataloader, torchmetrics objects included) is recorded and drawn; panels pick them by
+    case-insensitive glob patterns over the logged names (``train_loss_step``, ``train_loss_epoch``,
+    ``val_acc``, ``val_loss/dataloader_idx_1``, ...), and with ``include_other`` each metric no pattern
+    matched gets a panel of its own, shared with the same quantity of the other stages (``train_mae_epoch``
+    and ``val_mae`` in one ``mae`` panel). The history lives in the callback's state, so a run resumed from
+    a checkpoint continues its curves. Lightning calls callbacks' ``on_train_epoch_end`` before the
+    LightningModule's, so values the module logs in its own ``on_train_epoch_end`` are not seen: log them
+    from ``training_step`` with ``on_epoch=True`` (or from ``on_validation_epoch_end``).
+
+    The best point of a curve is its minimum or its maximum, taken from, in this order: ``mode``; the
+    ``higher_is_better`` of the torchmetrics ``Metric`` behind the value (logged as a Metric object, or a
+    Metric attribute of the LightningModule named like the logged value); the ``mode`` of a
+    ``ModelCheckpoint`` or ``EarlyStopping`` that monitors it; the minimum for a name containing ``loss``.
+    Nothing else is guessed from the name: a curve whose direction none of these gives has no best point,
+    and its legend says ``direction unknown`` (set ``mode`` for it). Learning rates have no best point.
 
     Args:
         panels: panel title -> glob patterns over metric names. A metric goes into every panel it matches.
             Default: ``{"loss": ["*loss*"], "accuracy": ["*acc*"], "learning rate": ["lr*"]}``.
-        include_other: add an ``"other"`` panel with the metrics no panel matched.
+        include_other: also draw the metrics no panel matched: one panel per quantity (the name without a
+            ``train_``/``val_``/``test_`` prefix, ``_step``/``_epoch`` suffix or dataloader suffix).
         x_axis: ``"step"`` (the logger's step) or ``"epoch"`` (epochs completed; step-level points spread
             inside their epoch).
         smoothing: EMA factor in [0, 1): ``s[t] = smoothing * s[t-1] + (1 - smoothing) * v[t]``, applied
             to step-level curves (not to epoch-level points or learning rates); the raw values stay as a
             thin line. 0 draws the raw values only.
-        mark_best: mark and annotate the best value of each curve (not of learning rates).
-        mode: metric name or glob pattern -> ``"min"`` or ``"max"``, overriding the default (``"min"`` for
-            names containing ``loss`` or ``err``, ``"max"`` otherwise).
+        mark_best: mark and annotate the best value of each curve whose direction is known (see above).
+        mode: metric name or glob pattern -> ``"min"`` or ``"max"``: which value is best, ahead of every
+            other source (e.g. ``{val_mae: min, "*f1*": max}``).
         log_lr: record each optimizer param group's learning rate as ``lr-<Optimizer>`` (``/pgN`` appended
             when it has several groups, ``-K`` when several optimizers share a class), on recorded steps.
         every_n_steps: record step-level values every N optimizer steps; ``None`` follows
@@ -85,7 +147,7 @@ class CurvePlotCallback(VizCallback):
     def __init__(
         self,
         panels: dict[str, list[str]] | None = None,
-        include_other: bool = False,
+        include_other: bool = True,
         x_axis: Literal["step", "epoch"] = "step",
         smoothing: float = 0.0,
         mark_best: bool = True,
@@ -126,6 +188,9 @@ class CurvePlotCallback(VizCallback):
         self._version = 0
         self._drawn_version = 0
         self._panels_checked = False
+        self._base: dict[str, str] = {}  # logged name -> its name before Lightning's _step/_epoch
+        self._better: dict[str, bool | None] = {}  # name -> higher_is_better of the Metric behind it
+        self._monitors: dict[str, tuple[Mode, str]] = {}  # monitored name -> (mode, callback class)
 
     # ------------------------------------------------------------------ recording
     def _should_record_step(self, trainer: Trainer) -> bool:
@@ -205,20 +270,31 @@ class CurvePlotCallback(VizCallback):
         if not self._should_record_step(trainer):
             return
         with self.guard(trainer, "step metric recording"):
-            results = getattr(trainer, "_results", None)
-            if results is None:
-                return
             step, epoch = _logger_step(trainer), trainer.current_epoch
-            for name, value in results.metrics(True)["log"].items():
+            for name, value in self._read(trainer, on_step=True):
                 self._record(name, step, epoch, value)
                 self.step_level.add(name)
 
+    def _read(self, trainer: Trainer, on_step: bool) -> list[tuple[str, torch.Tensor]]:
+        """The values logged now (see :func:`_logged`); notes the Metric object behind each one."""
+        logged = _logged(trainer, on_step)
+        if logged is None:
+            warn_once(
+                (type(self).__name__, "lightning-state"),
+                f"{type(self).__name__}: this Lightning version keeps logged values where this callback does "
+                "not read them; the curves show `trainer.callback_metrics` at epoch ends only, and no best "
+                "point from torchmetrics. Training continues.",
+            )
+            return [] if on_step else list(trainer.callback_metrics.items())
+        for name, _, base, metric in logged:
+            self._base[name] = base
+            if isinstance(metric, Metric):
+                self._better[name] = self._better[base] = getattr(metric, "higher_is_better", None)
+        return [(name, value) for name, value, _, _ in logged]
+
     def _record_epoch_metrics(self, trainer: Trainer, step: int) -> None:
-        try:  # only what was logged at epoch level in the loop that just ended (computed, already synced)
-            metrics = dict(trainer._results.metrics(False)["log"])  # type: ignore[union-attr]
-        except Exception:
-            metrics = dict(trainer.callback_metrics)
-        for name, value in metrics.items():
+        # what was logged at epoch level in the loop that just ended, by every dataloader (already synced)
+        for name, value in self._read(trainer, on_step=False):
             self._record(name, step, trainer.current_epoch, value)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -236,17 +312,54 @@ class CurvePlotCallback(VizCallback):
         self._draw(trainer)
 
     # ------------------------------------------------------------------ drawing
-    def mode_for(self, name: str) -> Mode | None:
-        """``"min"``/``"max"`` for the best point of a metric, ``None`` for learning rates."""
+    def direction(self, name: str) -> tuple[Mode | None, str]:
+        """Which value of a metric is best, and what says so (the order is in the class docstring).
+
+        Returns:
+            ``(mode, source)``: ``mode`` is ``"min"``, ``"max"`` or ``None`` (no best point); ``source`` is
+            ``"mode"``, ``"torchmetrics"``, the monitoring callback's class name, ``"loss"`` (the name
+            convention), ``"learning rate"`` or ``"unknown"``.
+        """
         if name in self.mode:
-            return self.mode[name]
+            return self.mode[name], "mode"
         for pattern, m in self.mode.items():
             if _matches(name, [pattern]):
-                return m
-        if name.startswith("lr-"):
-            return None
-        low = name.lower()
-        return "min" if "loss" in low or "err" in low else "max"
+                return m, "mode"
+        if name.startswith("lr-") or name in self._lr_names:
+            return None, "learning rate"
+        names = (name, self._base.get(name, name))
+        for n in names:
+            if self._better.get(n) is not None:
+                return _direction(self._better[n]), "torchmetrics"
+        for n in names:
+            if n in self._monitors:
+                return self._monitors[n]
+        if "loss" in name.lower():
+            return "min", "loss"
+        return None, "unknown"
+
+    def _learn_directions(self, trainer: Trainer) -> None:
+        """The directions that the LightningModule's Metric attributes and the monitoring callbacks give."""
+        module = trainer.lightning_module
+        for path, sub in module.named_modules() if module is not None else ():
+            if isinstance(sub, Metric) and path:
+                for n in {path, path.rsplit(".", 1)[-1]}:  # e.g. `self.val_mae` logged as "val_mae"
+                    self._better.setdefault(n, getattr(sub, "higher_is_better", None))
+        self._monitors = {}
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            monitor, mode = getattr(cb, "monitor", None), getattr(cb, "mode", None)
+            if isinstance(cb, (ModelCheckpoint, EarlyStopping)) and monitor and mode in ("min", "max"):
+                self._monitors.setdefault(str(monitor), (mode, type(cb).__name__))
+                better = self._better.get(str(monitor))
+                if better is not None and _direction(better) != mode:
+                    warn_once(
+                        (type(self).__name__, "monitor-mode", str(monitor)),
+                        f"{type(self).__name__}: {type(cb).__name__}(monitor={monitor!r}, mode={mode!r}) "
+                        f"keeps the {'lowest' if mode == 'min' else 'highest'} {monitor}, but its torchmetrics "
+                        f"metric says {'higher' if better else 'lower'} is better: set mode="
+                        f"{_direction(better)!r} on that {type(cb).__name__}. The curves mark the "
+                        f"{'highest' if better else 'lowest'} value as best.",
+                    )
 
     def plot_data(self) -> dict[str, Any]:
         """The history as :func:`~lightning_viz.render.curves.render_curves` takes it (fresh copies)."""
@@ -255,17 +368,25 @@ class CurvePlotCallback(VizCallback):
         panels = [
             {"title": t, "series": [n for n in names if _matches(n, p)]} for t, p in self.panels.items()
         ]
-        if self.include_other:
+        if self.include_other:  # one panel per quantity of what no pattern claimed
             claimed = {n for p in panels for n in p["series"]}
-            panels.append({"title": OTHER_PANEL, "series": [n for n in names if n not in claimed]})
+            titles = {p["title"] for p in panels}
+            others: dict[str, list[str]] = {}
+            for n in names:
+                if n not in claimed:
+                    others.setdefault(_quantity(n), []).append(n)
+            for q, series in others.items():
+                panels.append({"title": f"{q} (other)" if q in titles else q, "series": series})
         series = {}
         for name in names:
             points = sorted(self.history[name], key=lambda p: (p[0], p[1]))
+            mode, source = self.direction(name)
             series[name] = {
                 "step": [int(p[0]) for p in points],
                 "epoch": [int(p[1]) for p in points],
                 "value": [float(p[2]) for p in points],
-                "mode": self.mode_for(name),
+                "mode": mode,
+                "mode_from": source,
                 "smooth": name in self.step_level and not name.startswith("lr-"),
             }
         return {
@@ -282,6 +403,7 @@ class CurvePlotCallback(VizCallback):
             return
         self._drawn_version = self._version
         with self.guard(trainer, "curve drawing"):
+            self._learn_directions(trainer)
             data = self.plot_data()
             stem = f"curves_epoch{trainer.current_epoch:03d}"
             self.emit_figure(

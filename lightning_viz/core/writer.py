@@ -19,10 +19,16 @@ and a long run would otherwise fill the queue with per-epoch pictures and make e
 to be drawn. Nothing is lost; the picture arrives later.
 
 A figure that shows everything so far (an evolution figure, learning curves) is submitted with a key. When
-drawing falls behind (``SUPERSEDE_ABOVE`` or more jobs waiting) and an older figure with the same key is
-still waiting, the newer one takes its place in the queue instead of queueing behind it: the older picture
-is not drawn (its data file is written as usual, and ``lightning-viz render`` draws it from there), one
-warning says so, and the backlog, and the memory it holds, stops growing with every epoch.
+drawing falls behind (``SUPERSEDE_ABOVE`` or more jobs waiting, or any in the overflow) and an older figure
+with the same key is still waiting, the newer one takes its place instead of queueing behind it: the older
+picture is not drawn (its data file is written as usual, and ``lightning-viz render`` draws it from there),
+one warning says so, and the backlog, and the memory it holds, stops growing with every epoch. The queue and
+the overflow behind it count as one line here: the newer figure takes the place of the oldest waiting one
+of its key, wherever it waits, and any other waiting one of the key is dropped. So each logger receives the
+figures of a key in the order of their steps, and never an older figure after a newer one (when the newer
+one took the place of one in the queue while another waited in the overflow, that one used to arrive last:
+TensorBoard showed ``gradients_evolution`` at step 115 and then at step 69). A job that cannot wait on disk
+waits in memory in its turn, never ahead of older ones.
 """
 
 from __future__ import annotations
@@ -240,29 +246,34 @@ class BackgroundWriter:
                     return
                 self._overflow.popleft()
 
+    def _in_memory(self) -> int:
+        """Snapshot jobs waiting in the overflow in memory (their payload could not go to disk)."""
+        with self._lock:  # the writer's thread takes jobs out meanwhile
+            return sum(1 for item in self._overflow if item[2] is None and not isinstance(item[0], _Spilled))
+
     def _spill(self, job: Callable[[], None], label: str, key: Any) -> bool:
-        """Under "wait", send a :class:`DiskBacked` job to the overflow when behind: its payload to disk, or,
-        for a cumulative figure (``key``), in memory in the place of the waiting one with its key (at most
-        one per key waits there, and it costs no pickling)."""
-        if not isinstance(job, DiskBacked):
-            return False
+        """Under "wait", send a job to the overflow when behind (or when older jobs already wait there, so
+        that it does not overtake them): a :class:`DiskBacked` payload to disk; a cumulative figure
+        (``key``; at most one per key waits, see :meth:`_supersede`) in memory, with no pickling; a job that
+        cannot be pickled in memory too, at most as many as the queue holds."""
         with self._lock:
-            if not self._overflow and self._queue.qsize() < SUPERSEDE_ABOVE:
+            if not self._overflow and (
+                not isinstance(job, DiskBacked) or self._queue.qsize() < SUPERSEDE_ABOVE
+            ):
                 return False
-            if key is not None:
-                same = [i for i, item in enumerate(self._overflow) if item[2] == key]
-                if same:
-                    self._overflow[same[0]] = (job, label, key)
-                    self.superseded += 1
-                    return True
         while len(self._overflow) >= SPILL_MAX:  # bounded on disk too: wait for the render process
             time.sleep(0.01)
-        spilled = job if key is not None else job.spill()
-        if spilled is None:
-            return False
+        held: Callable[[], None] | None = job
+        if key is None and isinstance(job, DiskBacked):
+            held = job.spill()
+        if held is None:  # unpicklable payload or no temporary file: waits in memory, in its turn
+            held = job
+        if held is job and key is None:
+            while self._overflow and self._in_memory() >= self._queue.maxsize:
+                time.sleep(0.01)
         with self._lock:
-            self._overflow.append((spilled, label, key))
-            self.spilled += key is None  # those in temporary files
+            self._overflow.append((held, label, key))
+            self.spilled += isinstance(held, _Spilled)  # those in temporary files
         warn_once(
             ("writer-spill", self.name),
             f"lightning-viz: figures are produced faster than they are drawn ({SUPERSEDE_ABOVE} or more "
@@ -307,21 +318,36 @@ class BackgroundWriter:
                     )
 
     def _supersede(self, job: Callable[[], None], label: str, key: Any) -> bool:
-        """Put ``job`` in the place of a waiting job with the same key, when the queue is behind."""
-        with self._queue.mutex:
-            waiting = self._queue.queue
-            if len(waiting) < SUPERSEDE_ABOVE:
+        """Put ``job`` in the place of the oldest waiting job with the same key, when drawing is behind.
+
+        The queue and the overflow behind it are one line: the oldest waiting job of the key (in the
+        queue, else in the overflow) gives its place to ``job`` and every later one is dropped, so that
+        at most one per key waits and no older figure of the key can reach the sinks after a newer one.
+        """
+        with self._lock, self._queue.mutex:
+            waiting, overflow = self._queue.queue, self._overflow
+            if not overflow and len(waiting) < SUPERSEDE_ABOVE:
                 return False
-            same = [i for i, item in enumerate(waiting) if item is not None and item[2] == key]
-            if not same:
+            in_queue = [i for i, item in enumerate(waiting) if item is not None and item[2] == key]
+            in_overflow = [i for i, item in enumerate(overflow) if item[2] == key]
+            if not in_queue and not in_overflow:
                 return False
-            old = waiting[same[0]][1]
-            waiting[same[0]] = (job, label, key)  # the oldest one's place in the queue
-            for i in reversed(same[1:]):  # any later ones are redundant too
+            from_queue = bool(in_queue)  # one in the overflow is replaced silently: the spill warning told
+            line, place = (waiting, in_queue.pop(0)) if from_queue else (overflow, in_overflow.pop(0))
+            old = line[place][1]
+            line[place] = (job, label, key)  # the oldest one's place in the line
+            for i in reversed(in_queue):  # later ones are redundant too
                 del waiting[i]
                 self._queue.unfinished_tasks -= 1
                 self._queue.not_full.notify()
-            self.superseded += len(same)
+            for i in reversed(in_overflow):
+                dropped = overflow[i][0]
+                del overflow[i]
+                if isinstance(dropped, _Spilled):
+                    _unlink(dropped.path)
+            self.superseded += 1 + len(in_queue) + len(in_overflow)
+        if not from_queue:
+            return True
         warn_once(
             ("writer-supersede", self.name),
             f"lightning-viz: figures are produced faster than they are drawn ({SUPERSEDE_ABOVE} or more "

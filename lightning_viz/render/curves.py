@@ -4,10 +4,14 @@ The data (as ``CurvePlotCallback`` makes it and saves as ``curves.json``)::
 
     {"x_axis": "step" | "epoch", "smoothing": 0.6, "mark_best": true,
      "panels": [{"title": "loss", "series": ["train_loss_step", "val_loss"]}, ...],
-     "series": {"val_loss": {"step": [...], "epoch": [...], "value": [...], "mode": "min"}, ...}}
+     "series": {"val_loss": {"step": [...], "epoch": [...], "value": [...], "mode": "min",
+                             "mode_from": "loss"}, ...}}
 
-``mode`` is ``"min"``, ``"max"`` or ``null`` (no best point marked); ``smooth`` (default true) says whether
-the series gets the EMA (the callback smooths step-level series, not the few epoch-level points).
+``mode`` is ``"min"``, ``"max"`` or ``null`` (no best point marked); ``mode_from`` (optional) says what gave
+it, and ``"unknown"`` puts ``direction unknown`` in the legend instead of a best point (a learning rate,
+``"learning rate"``, has none and says nothing); ``smooth`` (default true) says whether the series gets the
+EMA (the callback smooths step-level series, not the few epoch-level points). Panels fill a grid of up to
+four columns, so that a run logging many metrics still reads at a glance.
 """
 
 from __future__ import annotations
@@ -97,9 +101,10 @@ def render_curves(data: Mapping[str, Any]) -> Figure:
     bounds = epoch_bounds(series) if by_epoch else {}
 
     n = max(len(panels), 1)
-    ncols = 1 if n == 1 else 2
+    ncols = grid_columns(n)
     nrows = math.ceil(n / ncols)
-    fig = new_figure(6.0 * ncols, 3.4 * nrows, layout=None)
+    width = 6.0 if ncols <= 2 else 4.8  # inches per panel
+    fig = new_figure(width * ncols, 3.4 * nrows, layout=None)
     if not panels:
         ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         ax.text(0.5, 0.5, "no metric recorded yet", ha="center", va="center", transform=ax.transAxes)
@@ -122,6 +127,8 @@ def render_curves(data: Mapping[str, Any]) -> Figure:
             i = best_index(values, s.get("mode")) if mark_best else None
             if i is not None:
                 label += f"; {best_text(s, i, by_epoch)}"
+            elif mark_best and s.get("mode_from") == "unknown":
+                label += "; direction unknown"
             if smooth:
                 ax.plot(x, values, color=color, linewidth=0.8, alpha=0.35)
                 ax.plot(x, ema(values, factor), color=color, linewidth=1.6, label=label)
@@ -131,12 +138,14 @@ def render_curves(data: Mapping[str, Any]) -> Figure:
             if i is not None:
                 ax.plot([x[i]], [values[i]], marker="*", markersize=11, color=color, markeredgecolor="black")
                 right = bool(xs_all) and steps[i] > min(xs_all) + 0.7 * (max(xs_all) - min(xs_all))
+                up = s.get("mode") == "min"  # a maximum is the curve's top: its value goes below it
                 ax.annotate(
                     f"{values[i]:.4g}",
                     (x[i], values[i]),
                     textcoords="offset points",
-                    xytext=(-6 if right else 6, 6 + 9 * (j % 3)),
+                    xytext=(-6 if right else 6, (6 + 9 * (j % 3)) * (1 if up else -1)),
                     ha="right" if right else "left",
+                    va="bottom" if up else "top",
                     fontsize=7,
                     color=color,
                 )
@@ -150,6 +159,11 @@ def render_curves(data: Mapping[str, Any]) -> Figure:
         axes.append(ax)
     place_grid(fig, axes, ncols, rooms)
     return fig
+
+
+def grid_columns(n: int) -> int:
+    """Columns of the panel grid for ``n`` panels: 1, 2 up to 4 panels, 3 up to 9, then 4."""
+    return 1 if n <= 1 else 2 if n <= 4 else 3 if n <= 9 else 4
 
 
 def best_text(series: Mapping[str, Any], i: int, by_epoch: bool) -> str:

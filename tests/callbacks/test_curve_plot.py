@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -150,7 +151,9 @@ def _line(ax, label):
 
 def test_smoothing_and_best_point_in_the_figure(tmp_path):
     cb = CurvePlotCallback(smoothing=0.6)
-    fit(tmp_path, cb, epochs=3)
+    # val_acc is a plain tensor: its direction comes from the checkpoint that monitors it
+    best_acc = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_acc", mode="max")
+    fit(tmp_path, cb, epochs=3, extra=[best_acc], enable_checkpointing=True)
     data = cb.plot_data()
     fig = render_curves(data)
     try:
@@ -243,3 +246,181 @@ def test_missing_state_warns_and_starts_empty():
 def test_bad_arguments_name_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}"):
         CurvePlotCallback(**kwargs)
+
+
+# ---------------------------------------------------------------------------- models this file did not see
+VAL_LOSS = {0: [0.9, 0.4, 0.6], 1: [2.0, 2.5, 1.5]}  # per validation dataloader, per epoch
+
+
+class TwoValLoaders(KnownLogger):
+    """Two validation dataloaders, each logging a known val_loss (Lightning names them .../dataloader_idx_N)."""
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self.log("val_loss", torch.tensor(VAL_LOSS[dataloader_idx][self.current_epoch]))
+
+    def val_dataloader(self):
+        return [DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4) for _ in range(2)]
+
+
+def test_two_validation_dataloaders_are_both_drawn(tmp_path):
+    cb = CurvePlotCallback()
+    trainer = fit(tmp_path, cb, epochs=3, model=TwoValLoaders())
+    ends = [(e + 1) * BATCHES - 1 for e in range(3)]
+    events = read_events(trainer.logger.log_dir)
+    for i in (0, 1):
+        name = f"val_loss/dataloader_idx_{i}"
+        assert [p[0] for p in cb.history[name]] == ends
+        assert [p[2] for p in cb.history[name]] == pytest.approx(VAL_LOSS[i])
+        assert [(e.step, pytest.approx(e.value)) for e in events.Scalars(name)] == list(
+            zip(ends, VAL_LOSS[i])
+        )
+    data = cb.plot_data()
+    (loss,) = [p for p in data["panels"] if p["title"] == "loss"]
+    assert {"val_loss/dataloader_idx_0", "val_loss/dataloader_idx_1"} <= set(loss["series"])
+    fig = render_curves(data)
+    try:
+        axes = {ax.get_title(): ax for ax in fig.axes}
+        # the best of each is its own minimum: epoch 1 for loader 0, epoch 2 for loader 1
+        _line(axes["loss"], f"val_loss/dataloader_idx_0; min 0.4 at step {ends[1]}")
+        _line(axes["loss"], f"val_loss/dataloader_idx_1; min 1.5 at step {ends[2]}")
+    finally:
+        close_figure(fig)
+
+
+MAE_OFFSET = [0.9, 0.3, 0.6]  # |prediction - target| of every validation example, per epoch
+SCORE = [0.5, 0.2, 0.4]  # a plain tensor that a ModelCheckpoint(mode="max") monitors
+RATIO = [0.1, 0.7, 0.3]  # a plain tensor nothing gives a direction to
+
+
+class Regression(LightningModule):
+    """A regression model: val_mae from a torchmetrics MeanAbsoluteError object over predictions that miss
+    by a known amount, train_mae (epoch level) likewise, and two plain tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torchmetrics
+
+        self.net = nn.Linear(4, 1)
+        self.train_mae = torchmetrics.MeanAbsoluteError()
+        self.val_mae = torchmetrics.MeanAbsoluteError()
+        self.val_preds: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x).squeeze(1), y)
+        self.log("train_loss", loss)
+        self.train_mae(y + 1.0, y)
+        self.log("train_mae", self.train_mae, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        _, y = batch
+        sign = torch.where(torch.arange(len(y)) % 2 == 0, 1.0, -1.0)
+        pred = y + sign * MAE_OFFSET[self.current_epoch]
+        self.val_preds.append((pred, y))
+        self.val_mae(pred, y)
+        self.log("val_mae", self.val_mae)
+        self.log("val_score", torch.tensor(SCORE[self.current_epoch]))
+        self.log("val_ratio", torch.tensor(RATIO[self.current_epoch]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        return DataLoader(TensorDataset(torch.randn(16, 4, generator=g), torch.randn(16, generator=g)), 4)
+
+    def val_dataloader(self):
+        g = torch.Generator().manual_seed(1)
+        return DataLoader(TensorDataset(torch.randn(8, 4, generator=g), torch.randn(8, generator=g)), 4)
+
+
+def _stars(ax):
+    return [(float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in ax.lines if ln.get_marker() == "*"]
+
+
+def test_regression_metrics_are_drawn_with_the_best_their_direction_gives(tmp_path):
+    import numpy as np
+
+    cb = CurvePlotCallback()
+    score_ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_score", mode="max")
+    model = Regression()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(tmp_path, cb, epochs=3, model=model, extra=[score_ckpt], enable_checkpointing=True)
+    assert not [str(w.message) for w in caught if issubclass(w.category, VizWarning)]
+
+    # val_mae equals numpy's mean |prediction - target| over each epoch's validation predictions
+    per_epoch = [model.val_preds[2 * e : 2 * e + 2] for e in range(1, 4)]  # [0:2] is the sanity check
+    mae = [np.mean([np.abs((p - y).numpy()) for p, y in batches]) for batches in per_epoch]
+    assert mae == pytest.approx(MAE_OFFSET)
+    assert [p[2] for p in cb.history["val_mae"]] == pytest.approx(mae)
+    assert cb.direction("val_mae") == ("min", "torchmetrics")
+    assert cb.direction("train_mae") == ("min", "torchmetrics")
+    assert cb.direction("val_score") == ("max", "ModelCheckpoint")
+    assert cb.direction("val_ratio") == (None, "unknown")
+    assert cb.direction("train_loss") == ("min", "loss")
+    assert CurvePlotCallback(mode={"val_*": "max"}).direction("val_mae") == ("max", "mode")
+
+    data = cb.plot_data()
+    panels = {p["title"]: p["series"] for p in data["panels"]}
+    assert panels == {
+        "loss": ["train_loss"],
+        "learning rate": ["lr-SGD"],
+        "mae": ["train_mae", "val_mae"],
+        "score": ["val_score"],
+        "ratio": ["val_ratio"],
+    }
+    ends = [(e + 1) * BATCHES - 1 for e in range(3)]
+    fig = render_curves(data)
+    try:
+        axes = {ax.get_title(): ax for ax in fig.axes}
+        assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 2  # a 3-column grid: two rows
+        _line(axes["mae"], f"val_mae; min 0.3 at step {ends[1]}")  # its best is its lowest, not its highest
+        assert (ends[1], pytest.approx(0.3)) in _stars(axes["mae"])
+        _line(axes["score"], f"val_score; max 0.5 at step {ends[0]}")
+        assert _stars(axes["score"]) == [(ends[0], pytest.approx(0.5))]
+        _line(axes["ratio"], "val_ratio; direction unknown")  # no guess: no best point
+        assert not _stars(axes["ratio"]) and not axes["ratio"].texts
+    finally:
+        close_figure(fig)
+    png = Path(trainer.log_dir) / "viz" / "curves" / "curves_epoch002.png"
+    with Image.open(png) as img:
+        assert img.size[0] > img.size[1] > 400
+
+
+class Stages(KnownLogger):
+    def test_step(self, batch, batch_idx):
+        self.log("test_loss", torch.tensor(1.0))
+
+    def predict_step(self, batch, batch_idx):
+        return self.a(batch[0])
+
+
+def test_validate_test_predict_and_fast_dev_run_do_not_break_it(tmp_path):
+    """Other Trainer entry points record nothing and warn of nothing; fast_dev_run draws its one epoch."""
+    import torchmetrics
+
+    cb = CurvePlotCallback()
+    model = Stages()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, [cb])
+        trainer.validate(model)
+        trainer.test(model, dataloaders=model.val_dataloader())
+        trainer.predict(model, dataloaders=model.val_dataloader())
+        assert cb.history == {}
+        quick = CurvePlotCallback()
+        make_trainer(tmp_path / "quick", [quick], fast_dev_run=True).fit(Stages())
+    assert not [str(w.message) for w in caught if issubclass(w.category, VizWarning)]
+    assert {"train_loss_step", "train_loss_epoch", "val_acc", "lr-SGD"} <= set(quick.history)
+    assert (quick.viz_dir / "curves_epoch000.png").exists()
+    assert torchmetrics.MeanAbsoluteError.higher_is_better is False  # what the regression test relies on
+
+
+def test_a_checkpoint_keeping_the_worse_end_of_a_torchmetric_is_reported(tmp_path):
+    cb = CurvePlotCallback()
+    wrong = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_mae", mode="max")
+    with pytest.warns(VizWarning, match=r"ModelCheckpoint\(monitor='val_mae', mode='max'\).*set mode='min'"):
+        fit(tmp_path, cb, epochs=1, model=Regression(), extra=[wrong], enable_checkpointing=True)
+    assert cb.direction("val_mae") == ("min", "torchmetrics")

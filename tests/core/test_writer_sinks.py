@@ -10,11 +10,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Callback
 
-from lightning_viz.core import distributed
+from lightning_viz.core import distributed, writer
 from lightning_viz.core.sinks import FileSink, Sink, fan_out
 from lightning_viz.core.warn import VizWarning
 from lightning_viz.core.writer import BackgroundWriter, atomic_write_bytes, atomic_write_json
+from lightning_viz.render._figure import png_bytes
 
 
 def test_atomic_write_leaves_no_temporary(tmp_path):
@@ -70,7 +72,6 @@ def test_writer_drop_oldest_warns_once_and_keeps_newest():
 def test_cumulative_jobs_supersede_waiting_ones_only_when_behind(monkeypatch):
     """Below SUPERSEDE_ABOVE waiting jobs every keyed job runs; from there on a newer keyed job takes the
     place of the waiting one with the same key (one warning), and unkeyed jobs all run, in order."""
-    from lightning_viz.core import writer
 
     monkeypatch.setattr(writer, "SUPERSEDE_ABOVE", 4)
     w = BackgroundWriter(maxsize=32)
@@ -110,8 +111,6 @@ def test_figures_spill_to_disk_when_behind_and_are_all_drawn_in_order(monkeypatc
     pickled waits in the queue as before."""
     import tempfile
 
-    from lightning_viz.core import writer
-
     monkeypatch.setattr(writer, "SUPERSEDE_ABOVE", 3)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     w = BackgroundWriter(maxsize=4)
@@ -141,6 +140,7 @@ def test_figures_spill_to_disk_when_behind_and_are_all_drawn_in_order(monkeypatc
     np.testing.assert_array_equal(maps[7], np.full(1000, 7))  # read back from its file
     assert [p for p in seen if p[0] == "evo"] == [("evo", 2)] and w.superseded == 1
     assert [p[1] for p in seen if callable(p[0])] == [99]
+    assert seen[-1][1] == 99  # waited in memory in its turn, behind the older figures on disk
     assert w.pending() == 0 and not list(tmp_path.glob("lightning-viz-spill-*"))
     messages = [str(r.message) for r in rec if issubclass(r.category, VizWarning)]
     assert len(messages) == 1 and "map 3 and later ones wait in temporary files" in messages[0]
@@ -149,8 +149,6 @@ def test_figures_spill_to_disk_when_behind_and_are_all_drawn_in_order(monkeypatc
 def test_spilled_figures_are_bounded_then_the_step_waits_again(monkeypatch, tmp_path):
     """At most SPILL_MAX figures wait on disk: the next submit blocks until the render process catches up."""
     import tempfile
-
-    from lightning_viz.core import writer
 
     monkeypatch.setattr(writer, "SUPERSEDE_ABOVE", 1)
     monkeypatch.setattr(writer, "SPILL_MAX", 2)
@@ -246,3 +244,121 @@ def test_tensorboard_sink_writes_a_step_as_one_event_and_reads_back(tmp_path):
     assert h.step == 7 and h.histogram_value.num == 1000
     np.testing.assert_array_equal(h.histogram_value.bucket, counts)
     np.testing.assert_allclose(h.histogram_value.bucket_limit, edges[1:])
+
+
+def test_a_cumulative_figure_never_reaches_the_sinks_before_an_older_one_of_its_key(monkeypatch, tmp_path):
+    """The race behind ``gradients_evolution`` at step 115 and then at step 69: while one figure is drawn
+    the queue holds one job fewer than the backlog mark, so a cumulative figure (step 2) joined the overflow
+    behind the snapshots; once the queue was refilled, the next one (step 3) took the place of the oldest
+    (step 1) in the queue, and step 2 came out of the overflow after it. Queue and overflow are one line:
+    the newest takes the oldest one's place and every waiting one in between is dropped."""
+    import tempfile
+
+    monkeypatch.setattr(writer, "SUPERSEDE_ABOVE", 3)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    w = BackgroundWriter(maxsize=32)
+    blocker, drawing, gate = threading.Event(), threading.Event(), threading.Event()
+    seen: list = []
+    run = functools.partial(_record_payload, seen)
+
+    def slow_figure() -> None:  # the figure being drawn while the rest waits
+        drawing.set()
+        gate.wait()
+
+    w.submit(blocker.wait, "blocker")
+    while w._queue.qsize():
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w.submit(slow_figure, "slow")
+        w.submit(writer.DiskBacked(("evo", 1), run), "evo 1", key="evo")
+        w.submit(writer.DiskBacked(("map", 1), run), "map 1")  # 3 waiting: behind from here on
+        w.submit(writer.DiskBacked(("map", 2), run), "map 2")  # to the overflow
+        blocker.set()
+        assert drawing.wait(10)  # "slow" is drawn: evo 1 and map 1 wait in the queue, map 2 in the overflow
+        w.submit(writer.DiskBacked(("evo", 2), run), "evo 2", key="evo")
+        w.submit(writer.DiskBacked(("evo", 3), run), "evo 3", key="evo")
+        gate.set()
+        w.flush()
+    assert seen == [("evo", 3), ("map", 1), ("map", 2)]  # was evo 3, map 1, map 2, evo 2
+    assert w.superseded == 2
+    assert w.pending() == 0 and not list(tmp_path.glob("lightning-viz-spill-*"))
+
+
+class _DrawingBehind(Callback):
+    """Stands in for a render process that gets no CPU time while training runs: it draws one figure only
+    when let, once at the end of each epoch in ``let_at``, and everything from fit end on (listed first, its
+    ``on_fit_end`` runs before the flush). The picture is a blank 8x8 one: the order is what is tested."""
+
+    def __init__(self, let_at: tuple[int, ...]) -> None:
+        self.let_at = let_at
+        self.cond = threading.Condition()
+        self.permits, self.started, self.free = 0, 0, False
+        self.rgba = np.full((8, 8, 4), 255, np.uint8)
+        self.png = png_bytes(self.rgba)
+
+    def render_png(self, render, data):
+        with self.cond:
+            self.started += 1
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.free or self.permits > 0, timeout=20)
+            self.permits = max(self.permits - 1, 0)
+        return self.rgba, self.png
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch in self.let_at:  # one figure drawn; wait until the next one is taken
+            with self.cond:
+                started = self.started
+                self.permits += 1
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: self.started > started, timeout=20)
+
+    def on_fit_end(self, trainer, pl_module):
+        with self.cond:
+            self.free = True
+            self.cond.notify_all()
+
+
+def test_tensorboard_receives_each_tags_pictures_in_step_order_when_drawing_is_behind(tmp_path, monkeypatch):
+    """A run whose drawing is behind (activation maps every step fill the queue and the overflow; one
+    figure is drawn at the end of epoch 1): with the old writer TensorBoard got ``gradients_evolution`` at
+    step 12 and then at step 8. Read back in the order written, every image tag's steps never decrease,
+    and each cumulative figure's last picture is its newest (step 12)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_viz import ActivationMapCallback, CurvePlotCallback, WeightHistogramCallback
+    from lightning_viz.core import renderer
+    from tests.helpers import RandomImages, TinyCNN, make_trainer
+
+    behind = _DrawingBehind(let_at=(1,))
+    monkeypatch.setattr(renderer, "render_png", behind.render_png)
+    callbacks = [
+        behind,
+        ActivationMapCallback(every_n_steps=1, every_n_epochs=None, sample_size=2),
+        WeightHistogramCallback(every_n_steps=1, bins=8, log="gradients"),
+        CurvePlotCallback(),
+    ]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VizWarning)  # "figures are produced faster than they are drawn"
+        trainer.fit(TinyCNN(), RandomImages(n=32, batch_size=8))  # 4 steps per epoch
+    writer.flush()
+    trainer.logger.experiment.flush()
+
+    # purge_orphaned_data=False: by default the reader drops the newer picture when an older step follows
+    # it (it takes that for a restarted run), which would hide the disorder.
+    acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0}, purge_orphaned_data=False)
+    acc.Reload()
+    steps = {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+    assert set(steps) == {
+        "viz/activation_map/maps",
+        "viz/activation_map/stats",
+        "viz/weight_histogram/gradients_evolution",
+        "viz/curves",
+    }
+    for tag, seq in steps.items():
+        assert seq == sorted(seq), f"{tag}: {seq}"
+    assert steps["viz/activation_map/maps"] == list(range(1, 13))  # snapshots: every one, in order
+    for tag in ("viz/activation_map/stats", "viz/weight_histogram/gradients_evolution", "viz/curves"):
+        assert steps[tag][-1] == 12, f"{tag}: {steps[tag]}"
+    assert writer.get_writer("render").pending() == 0

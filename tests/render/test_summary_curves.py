@@ -9,7 +9,7 @@ from matplotlib.patches import Rectangle
 
 from lightning_viz.render import close_figure, open_figure_count
 from lightning_viz.render.curves import best_index, ema, epoch_bounds, epoch_positions, render_curves
-from lightning_viz.render.summary import human_count, render_summary
+from lightning_viz.render.summary import FROZEN_TEXT_COLOR, human_count, render_summary
 
 
 def _summary_data(blocks):
@@ -38,6 +38,25 @@ def test_summary_bars_sorted_and_split_trainable_frozen():
         assert widths[4:8] == [0, 40, 7, 0]  # frozen part, stacked after it
         assert "662 parameters (trainable 615, frozen 47)" in ax.get_title()
         assert any(t.get_text() == f"600 ({600 / 662:.1%})" for t in ax.texts)
+    finally:
+        close_figure(fig)
+
+
+def test_summary_marks_blocks_with_frozen_parameters_however_small():
+    fig = render_summary(_summary_data([("backbone", 600_000, 600_000), ("norm", 0, 48), ("head", 3000, 0)]))
+    try:
+        (ax,) = fig.axes
+        texts = {t.get_text().split(" ")[0]: t for t in ax.texts}
+        assert texts["48"].get_text() == "48 (<0.1%), all frozen"
+        assert texts["1.2M"].get_text() == "1.2M (99.7%), 600K frozen (50%)"
+        assert texts["3K"].get_text() == "3K (0.2%)"
+        marked = {t.get_text() for t in ax.get_yticklabels() if t.get_color() == FROZEN_TEXT_COLOR}
+        assert marked == {"backbone", "norm"}
+        assert texts["48"].get_color() == FROZEN_TEXT_COLOR and texts["3K"].get_color() != FROZEN_TEXT_COLOR
+        # every label ends inside the axes, the longest bar's included
+        fig.canvas.draw()
+        right = ax.get_window_extent().x1
+        assert all(t.get_window_extent().x1 <= right for t in ax.texts)
     finally:
         close_figure(fig)
 
@@ -158,5 +177,33 @@ def test_curves_without_data():
     fig = render_curves({"series": {}, "panels": []})
     try:
         assert len(fig.axes) == 1 and "no metric" in fig.axes[0].texts[0].get_text()
+    finally:
+        close_figure(fig)
+
+
+def test_curves_of_unknown_direction_have_no_best_and_many_panels_fill_a_grid():
+    """A series whose direction nothing gave has no star and says so; a learning rate says nothing; ten
+    panels take a grid of four columns (three rows), not one column ten panels high."""
+    series = {
+        f"m{k}": {"step": [0, 1, 2], "epoch": [0, 0, 0], "value": [0.2, 0.9, 0.5], "mode": None}
+        for k in range(10)
+    }
+    series["m0"]["mode_from"] = "unknown"
+    series["m1"]["mode_from"] = "learning rate"
+    series["m2"].update(mode="max", mode_from="ModelCheckpoint")
+    panels = [{"title": name, "series": [name]} for name in series]
+    fig = render_curves(
+        {"x_axis": "step", "smoothing": 0.0, "mark_best": True, "panels": panels, "series": series}
+    )
+    try:
+        axes = {ax.get_title(): ax for ax in fig.axes}
+        assert [ln.get_label() for ln in axes["m0"].lines] == ["m0; direction unknown"]
+        assert [ln.get_label() for ln in axes["m1"].lines] == ["m1"]
+        for name in ("m0", "m1"):
+            assert not [ln for ln in axes[name].lines if ln.get_marker() == "*"] and not axes[name].texts
+        star = [ln for ln in axes["m2"].lines if ln.get_marker() == "*"]
+        assert [(float(s.get_xdata()[0]), float(s.get_ydata()[0])) for s in star] == [(1.0, 0.9)]
+        assert len({round(ax.get_position().x0, 3) for ax in fig.axes}) == 4
+        assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 3
     finally:
         close_figure(fig)
