@@ -5,8 +5,8 @@ Lightning already holds for its loggers (in ``trainer._results``, synced when th
 ``sync_dist``), kept detached and copied to the host in one go at the end of each epoch. Epoch-level
 values are read when the training epoch and each validation run end (not during the sanity check), those
 of every validation dataloader (``val_loss/dataloader_idx_0``, ``_1``, ...). Points are placed at the step
-Lightning's loggers use, so they line up with TensorBoard. The reads of Lightning's private state are the
-small functions at the top of this file, each with the Lightning version it was written for and why.
+Lightning's loggers use, so they line up with TensorBoard. The reads of Lightning's private state are in
+:mod:`lightning_viz.core.lightning_state`, each with the Lightning version it was written for and why.
 
 Files under ``<log_dir>/viz/curves/``: ``curves_epoch{EEE}.png`` each epoch (``EEE`` = the epoch index,
 the last one drawn again at fit end if points arrived after it) and one ``curves.json``, rewritten each
@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import Metric
 
+from lightning_viz.core import lightning_state
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.curves import render_curves
@@ -36,7 +37,6 @@ from lightning_viz.render.curves import render_curves
 Mode = Literal["min", "max"]
 DEFAULT_PANELS: dict[str, list[str]] = {"loss": ["*loss*"], "accuracy": ["*acc*"], "learning rate": ["lr*"]}
 Value = float | torch.Tensor
-Logged = tuple[str, torch.Tensor, str, Any]  # name, value, name before _step/_epoch, torchmetrics Metric
 _STAGE_PREFIX = re.compile(r"^(train|training|val|valid|validation|test)[_/.-]", re.IGNORECASE)
 
 
@@ -53,52 +53,6 @@ def _quantity(name: str) -> str:
 
 def _direction(higher_is_better: Any) -> Mode | None:
     return None if higher_is_better is None else ("max" if higher_is_better else "min")
-
-
-# ---------------------------------------------------------------------- Lightning's private state
-def _logger_step(trainer: Trainer, *, epoch_end: bool = False) -> int:
-    """The step Lightning's loggers use for what is logged now (``global_step`` if that is unavailable).
-
-    Lightning 2.0-2.6 logs at ``fit_loop.epoch_loop._batches_that_stepped`` (private; no public counterpart:
-    ``global_step`` counts optimizer steps, which differ under gradient accumulation and manual optimization).
-    """
-    stepped = getattr(
-        getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None
-    )
-    if not isinstance(stepped, int):
-        return int(trainer.global_step)
-    # Lightning logs epoch-end metrics at the step of the last batch, before the counter moves on.
-    return max(stepped - 1, 0) if epoch_end else stepped
-
-
-def _logged(trainer: Trainer, on_step: bool) -> list[Logged] | None:
-    """Every value logged with ``self.log`` for the loggers in the loop that runs now, whatever dataloader
-    logged it: ``(name, value, name before _step/_epoch, torchmetrics Metric or None)``; ``None`` when
-    Lightning's state cannot be read this way.
-
-    Lightning 2.0-2.6 keeps them in ``trainer._results`` (private), a ``_ResultCollection`` of
-    ``_ResultMetric``. Its ``metrics(on_step)`` keeps only those of the current ``dataloader_idx``, which is
-    ``None`` when an evaluation ends, so the values of ``val_loss/dataloader_idx_0`` and ``_1`` never came
-    through it. Each one is read here with Lightning's own ``_get_cache`` (the value its loggers get) and
-    ``_forked_name`` (the ``_step``/``_epoch`` and ``/dataloader_idx_N`` names), unfiltered. A value logged
-    as a Metric object keeps it in ``_ResultMetric.value`` (``is_tensor`` false): its ``higher_is_better``
-    says which way is best.
-    """
-    results = getattr(trainer, "_results", None)
-    if results is None:
-        return []
-    try:
-        out = []
-        for item in list(results.values()):
-            if item.has_reset or not item.meta.logger:
-                continue
-            value = results._get_cache(item, on_step)
-            if isinstance(value, torch.Tensor):
-                base, name = results._forked_name(item, on_step)
-                out.append((name, value, base, None if item.is_tensor else item.value))
-        return out
-    except AttributeError:  # another Lightning: the caller falls back to trainer.callback_metrics
-        return None
 
 
 class CurvePlotCallback(VizCallback):
@@ -195,7 +149,7 @@ class CurvePlotCallback(VizCallback):
     # ------------------------------------------------------------------ recording
     def _should_record_step(self, trainer: Trainer) -> bool:
         n = self.every_n_steps or trainer.log_every_n_steps
-        return bool(n) and (_logger_step(trainer) + 1) % n == 0 and not trainer.sanity_checking
+        return bool(n) and (lightning_state.logger_step(trainer) + 1) % n == 0 and not trainer.sanity_checking
 
     def _record(self, name: str, step: int, epoch: int, value: Any) -> None:
         if isinstance(value, torch.Tensor):
@@ -258,7 +212,7 @@ class CurvePlotCallback(VizCallback):
         if not (self.log_lr and self._should_record_step(trainer)):
             return
         with self.guard(trainer, "learning-rate recording"):
-            step, epoch = _logger_step(trainer), trainer.current_epoch
+            step, epoch = lightning_state.logger_step(trainer), trainer.current_epoch
             for name, group in self._lr_series(trainer):
                 lr = group.get("lr")
                 self._record(name, step, epoch, lr.clone() if isinstance(lr, torch.Tensor) else lr)
@@ -270,14 +224,14 @@ class CurvePlotCallback(VizCallback):
         if not self._should_record_step(trainer):
             return
         with self.guard(trainer, "step metric recording"):
-            step, epoch = _logger_step(trainer), trainer.current_epoch
+            step, epoch = lightning_state.logger_step(trainer), trainer.current_epoch
             for name, value in self._read(trainer, on_step=True):
                 self._record(name, step, epoch, value)
                 self.step_level.add(name)
 
     def _read(self, trainer: Trainer, on_step: bool) -> list[tuple[str, torch.Tensor]]:
         """The values logged now (see :func:`_logged`); notes the Metric object behind each one."""
-        logged = _logged(trainer, on_step)
+        logged = lightning_state.logged_values(trainer, on_step)
         if logged is None:
             warn_once(
                 (type(self).__name__, "lightning-state"),
@@ -301,11 +255,11 @@ class CurvePlotCallback(VizCallback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         with self.guard(trainer, "validation metric recording"):
-            self._record_epoch_metrics(trainer, _logger_step(trainer))
+            self._record_epoch_metrics(trainer, lightning_state.logger_step(trainer))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         with self.guard(trainer, "epoch metric recording"):
-            self._record_epoch_metrics(trainer, _logger_step(trainer, epoch_end=True))
+            self._record_epoch_metrics(trainer, lightning_state.logger_step(trainer, epoch_end=True))
         self._draw(trainer)
 
     def finish(self, trainer: Trainer) -> None:

@@ -1,0 +1,60 @@
+"""Every read of Lightning's private state, each with the Lightning version it was written for and why.
+
+Lightning gives callbacks no public view of some things they need (the step its loggers use, every logged
+value of every dataloader). Each read is one small function here, so a Lightning upgrade that moves them
+breaks in one place, and each returns a fallback or ``None`` instead of raising.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+
+Logged = tuple[str, torch.Tensor, str, Any]  # name, value, name before _step/_epoch, torchmetrics Metric
+
+
+def logger_step(trainer: Trainer, *, epoch_end: bool = False) -> int:
+    """The step Lightning's loggers use for what is logged now (``global_step`` if that is unavailable).
+
+    Lightning 2.0-2.6 logs at ``fit_loop.epoch_loop._batches_that_stepped`` (private; no public counterpart:
+    ``global_step`` counts optimizer steps, which differ under gradient accumulation and manual optimization).
+    """
+    stepped = getattr(
+        getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None
+    )
+    if not isinstance(stepped, int):
+        return int(trainer.global_step)
+    # Lightning logs epoch-end metrics at the step of the last batch, before the counter moves on.
+    return max(stepped - 1, 0) if epoch_end else stepped
+
+
+def logged_values(trainer: Trainer, on_step: bool) -> list[Logged] | None:
+    """Every value logged with ``self.log`` for the loggers in the loop that runs now, whatever dataloader
+    logged it: ``(name, value, name before _step/_epoch, torchmetrics Metric or None)``; ``None`` when
+    Lightning's state cannot be read this way.
+
+    Lightning 2.0-2.6 keeps them in ``trainer._results`` (private), a ``_ResultCollection`` of
+    ``_ResultMetric``. Its ``metrics(on_step)`` keeps only those of the current ``dataloader_idx``, which is
+    ``None`` when an evaluation ends, so the values of ``val_loss/dataloader_idx_0`` and ``_1`` never came
+    through it. Each one is read here with Lightning's own ``_get_cache`` (the value its loggers get) and
+    ``_forked_name`` (the ``_step``/``_epoch`` and ``/dataloader_idx_N`` names), unfiltered. A value logged
+    as a Metric object keeps it in ``_ResultMetric.value`` (``is_tensor`` false): its ``higher_is_better``
+    says which way is best.
+    """
+    results = getattr(trainer, "_results", None)
+    if results is None:
+        return []
+    try:
+        out = []
+        for item in list(results.values()):
+            if item.has_reset or not item.meta.logger:
+                continue
+            value = results._get_cache(item, on_step)
+            if isinstance(value, torch.Tensor):
+                base, name = results._forked_name(item, on_step)
+                out.append((name, value, base, None if item.is_tensor else item.value))
+        return out
+    except AttributeError:  # another Lightning: the caller falls back to trainer.callback_metrics
+        return None
