@@ -26,6 +26,19 @@ def warn_once(key: Hashable, message: str) -> bool:
     return True
 
 
+def info_once(key: Hashable, message: str) -> bool:
+    """Log ``message`` once per ``key`` at INFO level (Lightning's console logger): something worth knowing
+    that asks nothing of the user, so not a warning."""
+    with _lock:
+        if key in _seen:
+            return False
+        _seen.add(key)
+    from lightning.pytorch.utilities import rank_zero_info
+
+    rank_zero_info(message)
+    return True
+
+
 def reset_warnings() -> None:
     """Forget which warnings were shown (tests use this)."""
     with _lock:

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lightning_viz.core.warn import warn_once
+from lightning_viz.core.warn import info_once, warn_once
 
 WhenFull = Literal["wait", "drop_oldest"]
 QUEUE_SIZE = 32
@@ -274,12 +274,12 @@ class BackgroundWriter:
         with self._lock:
             self._overflow.append((held, label, key))
             self.spilled += isinstance(held, _Spilled)  # those in temporary files
-        warn_once(
+        info_once(
             ("writer-spill", self.name),
             f"lightning-viz: figures are produced faster than they are drawn ({SUPERSEDE_ABOVE} or more "
             f"waiting, e.g. every core is busy training); {label} and later ones wait in temporary files until "
             "the render process catches up, at the latest at fit end. Nothing is lost and training does not "
-            "wait for them; this warning is shown once.",
+            "wait for them.",
         )
         self._refill()  # the queue may have drained meanwhile
         return True
@@ -348,12 +348,12 @@ class BackgroundWriter:
             self.superseded += 1 + len(in_queue) + len(in_overflow)
         if not from_queue:
             return True
-        warn_once(
+        info_once(
             ("writer-supersede", self.name),
             f"lightning-viz: figures are produced faster than they are drawn ({SUPERSEDE_ABOVE} or more "
             f"waiting); {old} was replaced by the newer {label}, which shows the same history and more. Data "
             "files are written as usual (`lightning-viz render DIR` draws figures from them). Figures that are not cumulative "
-            "are all drawn. Training continues; this warning is shown once.",
+            "are all drawn. Training continues.",
         )
         return True
 
