@@ -115,6 +115,7 @@ def from_npz(path: Path) -> Loaded | None:
                     "order": meta("order", j, "mean_activation"),
                     "note": meta("note", j, ""),
                     "nonfinite": meta("nonfinite", j, 0),
+                    "shows": meta("shows", j, ""),
                 }
                 for j, n in enumerate(names)
             ]
@@ -122,6 +123,8 @@ def from_npz(path: Path) -> Loaded | None:
                 "step": int(z["step"]) if "step" in keys else "?",
                 "sample_index": int(z["sample_index"]) if "sample_index" in keys else 0,
                 "input": z["input"] if "input" in keys else None,
+                "input_source": _text(z["input_source"]) if "input_source" in keys else "",
+                "color_scale": _text(z["color_scale"]) if "color_scale" in keys else "per_map",
                 "layers": layers,
             }
             return render_feature_maps, data, name

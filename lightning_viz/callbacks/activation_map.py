@@ -1,11 +1,13 @@
-"""ActivationMapCallback: what selected layers output on a fixed sample batch, and how that moves in training.
+"""ActivationMapCallback: what selected layers pass on for a fixed sample batch, and how that moves in training.
 
-Per capture (every rank): one ``no_grad`` forward of the sample batch in eval mode with forward hooks that
-exist only during that forward (:func:`lightning_viz.core.hooks.capture_outputs`). Each hooked layer's output
-is reduced on its device to six numbers (count, sum, centred sum of squares, count times mean squared, exact
-zeros, saturated values) plus, for display, a few channels of one example; the full activation is dropped
-as soon as the hook returns. The six numbers are summed over ranks in one collective, and rank zero renders
-the feature-map grids, the heatmaps and the statistics over training.
+Per capture (every rank): one ``no_grad`` forward of the sample batch in eval mode, run eagerly even on a
+``torch.compile``d model (:func:`lightning_viz.core.hooks.eager`), with hooks that exist only during that
+forward (:func:`lightning_viz.core.hooks.capture_passed`). Each hooked layer is followed to the tensor it
+passes on (its activation module's output, or what the next module receives from ``F.relu`` and the like),
+which is reduced on its device to the sums of :mod:`lightning_viz.core.activation_stats`, plus, for display,
+a few channels of one example; the full activation is dropped as soon as the hook returns. The sums are
+added over ranks in one collective, and rank zero renders the feature-map grids, the heatmaps and the
+statistics over training.
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
@@ -35,26 +35,45 @@ from lightning_viz.core.activation_stats import (
     stats_from_sums,
 )
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
-from lightning_viz.core.hooks import capture_outputs, match_modules
+from lightning_viz.core.hooks import Passed, capture_passed, eager, is_activation, match_modules
+from lightning_viz.core.model_input import ModelInput, example_of, feed_hint, model_input
 from lightning_viz.core.warn import VizWarning, rank_zero_warn, warn_once
 from lightning_viz.render.activations import render_activation_stats, render_feature_maps, render_heatmaps
 
 SampleFrom = Literal["val", "train"]
 ChannelOrder = Literal["mean_activation", "first", "variance"]
+ColorScale = Literal["absolute", "per_map"]
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
+CONV1D_TYPES = (nn.Conv1d, nn.ConvTranspose1d)
 STATE_KEYS = ("sample_indices", "history", "last_step")
 HISTORY_STATS = (*STATS, "nonfinite")
 HEATMAP_ROWS, HEATMAP_COLS = 64, 128
 
 
-def model_input(batch: Any) -> Any:
-    """What the model's ``forward`` receives from a collated batch (the rule, documented on the callback)."""
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    if isinstance(batch, Mapping):
-        return next((batch[k] for k in INPUT_KEYS if k in batch), batch)
-    return batch
+def clean_layer_name(name: str) -> str:
+    """A module name as the user wrote the model: without the ``_orig_mod`` that ``torch.compile`` inserts
+    for a compiled submodule, nor the wrapper prefixes of FSDP1 and activation checkpointing."""
+    return distributed.clean_name(name.replace("._orig_mod", "").removeprefix("_orig_mod."))
+
+
+def named_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's modules by clean name (:func:`clean_layer_name`), in model order; a compiled submodule's
+    wrapper (``OptimizedModule``) is left out, its original module keeps the name."""
+    out: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if name and type(module).__name__ != "OptimizedModule":
+            out.setdefault(clean_layer_name(name), module)
+    return out
+
+
+class _Named:
+    """``named_modules()`` over clean names, for :func:`match_modules`."""
+
+    def __init__(self, named: Mapping[str, nn.Module]) -> None:
+        self.named = named
+
+    def named_modules(self) -> Any:
+        return iter(self.named.items())
 
 
 def rank_channels(per_channel: torch.Tensor, order: str, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -93,46 +112,66 @@ def feature_record(name: str, module: nn.Module, a: torch.Tensor, i: int, k: int
 
 
 def heatmap_record(name: str, module: nn.Module, a: torch.Tensor, i: int, k: int, order: str) -> dict | None:
-    """A capped 2-d view of a non-image output: ``N, F`` examples x features; ``N, C, L`` (Conv1d) example
-    ``i``'s top-``k`` channels x positions; other ``N, T, F`` example ``i``'s time steps x features."""
+    """A capped 2-d view of a non-image output: ``N, F`` examples x features; ``N, C, L`` of a 1-d convolution:
+    example ``i``'s top-``k`` channels (``row_ticks``: their channel numbers) x positions; other ``N, T, F``:
+    example ``i``'s time steps x features. ``None`` for other ranks (statistics only)."""
+    ticks: list[int] | None = None
     if a.ndim == 2:
-        values, rows, cols, total = a[:HEATMAP_ROWS], "examples", "features", a.shape[0]
-    elif a.ndim == 3 and isinstance(module, nn.Conv1d):
+        values, rows, cols = a[:HEATMAP_ROWS], "examples", "features"
+        notes = [f"{values.shape[0]} of {a.shape[0]} rows"] if values.shape[0] < a.shape[0] else []
+    elif a.ndim == 3 and isinstance(module, CONV1D_TYPES):
         chans, _ = rank_channels(a[i], order, k)
-        values, rows, cols, total = (
+        values, rows, cols, ticks = (
             a[i][chans.to(a.device)],
-            f"channels {chans.tolist()}",
+            f"channel (example {i})",
             "position",
-            a.shape[1],
+            chans.tolist(),
         )
+        words = {"mean_activation": "highest mean", "variance": "highest variance", "first": "first"}[order]
+        notes = [f"{len(ticks)} of {a.shape[1]} channels, {words}"] if len(ticks) < a.shape[1] else []
     elif a.ndim == 3:
-        values, rows, cols, total = a[i, :HEATMAP_ROWS], f"time steps (example {i})", "features", a.shape[1]
+        values, rows, cols = a[i, :HEATMAP_ROWS], f"time steps (example {i})", "features"
+        notes = [f"{values.shape[0]} of {a.shape[1]} rows"] if values.shape[0] < a.shape[1] else []
     else:
         return None  # 1-d or 6-d+ outputs: statistics only
-    notes = [f"{values.shape[0]} of {total} rows"] if values.shape[0] < total else []
     if values.shape[1] > HEATMAP_COLS:
         notes.append(f"first {HEATMAP_COLS} of {values.shape[1]} columns")
-    return {
+    shown = values[:, :HEATMAP_COLS].float().cpu().numpy()
+    rec = {
         "name": name,
         "kind": type(module).__name__,
-        "values": (shown := values[:, :HEATMAP_COLS].float().cpu().numpy()),
+        "values": shown,
         "rows": rows,
         "cols": cols,
         "note": ", ".join(notes),
         "nonfinite": int(np.count_nonzero(~np.isfinite(shown))),
     }
+    if ticks is not None:
+        rec["row_ticks"] = ticks
+    return rec
 
 
 def input_image(x: Any, i: int) -> np.ndarray | None:
     """Example ``i`` of an image-like input (``N, C, H, W``; middle depth slice of ``N, C, D, H, W``) as
     ``[C, H, W]`` (the first channel only unless C is 1 or 3), or ``None`` when the input is no image."""
-    if isinstance(x, Mapping):
-        x = next((v for v in x.values() if isinstance(v, torch.Tensor) and v.ndim in (4, 5)), None)
     if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5) or not x.is_floating_point():
         return None
     ex = x[min(i, x.shape[0] - 1)].float()
     ex = ex[:, ex.shape[1] // 2] if ex.ndim == 4 else ex
     return (ex if ex.shape[0] in (1, 3) else ex[:1]).cpu().numpy()
+
+
+def input_signal(x: Any, i: int, source: str) -> dict | None:
+    """Example ``i`` of a 1-d input ``N, C, L`` as ``[C, L]`` values (at most :data:`HEATMAP_ROWS` channels
+    and ``4 * HEATMAP_COLS`` positions), or ``None`` when the input is no such signal."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 3 or not x.is_floating_point():
+        return None
+    ex = x[min(i, x.shape[0] - 1)].float()
+    values = ex[:HEATMAP_ROWS, : 4 * HEATMAP_COLS].cpu().numpy()
+    notes = [f"{values.shape[0]} of {ex.shape[0]} channels"] if values.shape[0] < ex.shape[0] else []
+    if values.shape[1] < ex.shape[1]:
+        notes.append(f"first {values.shape[1]} of {ex.shape[1]} positions")
+    return {"values": values, "example": i, "source": source, "note": ", ".join(notes)}
 
 
 def _first_loader(obj: Any) -> DataLoader | None:
@@ -148,24 +187,34 @@ class ActivationMapCallback(VizCallback):
 
     The sample batch is the first ``sample_size`` examples of the validation dataset (of the training dataset
     when there is no validation dataloader), collated by the dataloader's ``collate_fn``; its dataset indices
-    are kept in the callback's state so a resumed run shows the same examples. The model receives the batch's
-    input: a tensor batch as it is, element 0 of a tuple or list ``(x, y, ...)``, and for a dict the value of
-    the first of the keys ``x``, ``input``, ``inputs``, ``image``, ``images``, ``pixel_values`` (the whole dict
-    when none is present). Each capture runs the model once on it, without gradients and in eval mode.
+    are kept in the callback's state so a resumed run shows the same examples. The model is fed by the one
+    rule of :mod:`lightning_viz.core.model_input`: a tensor batch as it is; a dict batch by keyword when its
+    keys name ``forward``'s parameters, else its ``x``/``input``/``inputs``/``image``/``images``/
+    ``pixel_values`` value; element 0 of a tuple or list ``(x, y, ...)``. When the batch does not fit
+    ``forward`` (or the capture forward raises on it), the module's ``example_input_array`` is used; a model
+    neither feeds gets one warning saying how to set it. Each capture runs the model once, without
+    gradients, in eval mode, and eagerly when it is ``torch.compile``d (so the hooks fire).
 
-    Statistics per layer (over every element of its output on the whole sample batch): mean, standard
-    deviation (population), dead fraction (exact zeros) and saturated fraction, defined for bounded
-    activation modules (``Tanh``, ``Softsign``, ``Hardtanh``: ``|a - centre| >= saturation_threshold * half
+    Statistics per layer are of what the layer passes on, over every element on the whole sample batch: the
+    output of the activation module that follows it (past normalisation and dropout), else the input of the
+    next module that runs on it (what ``F.relu`` in ``forward`` produced), else its own output; the figure
+    and the published record say which (``of``). They are the mean, standard deviation (population), dead
+    fraction (exact zeros) and saturated fraction, defined when that tensor comes out of a bounded
+    activation module (``Tanh``, ``Softsign``, ``Hardtanh``: ``|a - centre| >= saturation_threshold * half
     range``, i.e. ``|a| >= threshold`` for tanh; ``Sigmoid``, ``Hardsigmoid`` likewise on ``[0, 1]``) and
-    NaN for other layers. Image-like outputs (``N, C, H, W``; the middle depth slice of ``N, C, D, H, W``)
-    show example ``sample_index``'s channels as a grid; other outputs show as heatmaps.
+    NaN otherwise. A layer that does not run in the capture pass is shown and recorded as "not run".
+    Image-like outputs (``N, C, H, W``; the middle depth slice of ``N, C, D, H, W``) show example
+    ``sample_index``'s channels as a grid beside the input; other outputs show as heatmaps (1-d convolutions
+    as channels x positions beside the input signal). Pictures show what the layer passes on when it has
+    the layer output's shape, else the layer's output; each panel says which.
 
     Args:
         every_n_epochs: capture at the end of every N-th training epoch; ``null`` to turn off. When both
             schedules are off, one capture runs at the end of training.
         every_n_steps: capture after every N-th optimizer step; ``null`` to turn off.
-        layers: glob patterns over qualified module names (``"features.*"``, ``"*conv*"``). Default: every
-            Conv1d/Conv2d/Conv3d layer; a model without one uses its Linear layers and says so.
+        layers: glob patterns over qualified module names (``"features.*"``, ``"*conv*"``; names as in the
+            uncompiled model, without ``_orig_mod``). Default: every Conv1d/Conv2d/Conv3d layer; a model
+            without one uses its Linear layers (except MultiheadAttention's ``out_proj``) and says so.
         sample_size: number of examples in the fixed sample batch (at most the dataset's size).
         sample_from: dataset to take the sample from: ``"val"`` (falls back to ``"train"`` when there is no
             validation dataloader) or ``"train"``.
@@ -176,6 +225,9 @@ class ActivationMapCallback(VizCallback):
         sample_index: which example of the sample batch the feature-map grid shows.
         saturation_threshold: fraction of the output range beyond which a bounded activation counts as
             saturated, in (0, 1].
+        color_scale: colours of a layer's feature maps: ``"absolute"`` (the default: one scale per layer,
+            with a colour bar, so a dead map looks dead and maps compare) or ``"per_map"`` (each channel
+            stretched to its own range, to see patterns in weak channels).
         output_dir: where files go; default ``<trainer.log_dir>/viz/activation_map``.
         when_full: what to do when the background rendering queue is full: ``"wait"`` or ``"drop_oldest"``.
     """
@@ -193,6 +245,7 @@ class ActivationMapCallback(VizCallback):
         channel_order: ChannelOrder = "mean_activation",
         sample_index: int = 0,
         saturation_threshold: float = 0.99,
+        color_scale: ColorScale = "absolute",
         output_dir: str | None = None,
         when_full: WhenFull = "wait",
     ) -> None:
@@ -204,6 +257,7 @@ class ActivationMapCallback(VizCallback):
         check_int("sample_index", sample_index, minimum=0)
         check_choice("sample_from", sample_from, ("val", "train"))
         check_choice("channel_order", channel_order, ("mean_activation", "first", "variance"))
+        check_choice("color_scale", color_scale, ("absolute", "per_map"))
         if sample_index >= sample_size:
             raise ValueError(f"`sample_index` must be < `sample_size` ({sample_size}); got {sample_index!r}")
         if isinstance(saturation_threshold, bool) or not 0 < float(saturation_threshold) <= 1:
@@ -212,16 +266,18 @@ class ActivationMapCallback(VizCallback):
             raise ValueError(f"`layers` must be a non-empty list of glob patterns or null; got {layers!r}")
         self.every_n_epochs, self.every_n_steps, self.layers = every_n_epochs, every_n_steps, layers
         self.sample_size, self.sample_from, self.sample_index = sample_size, sample_from, sample_index
-        self.max_channels, self.channel_order = max_channels, channel_order
+        self.max_channels, self.channel_order, self.color_scale = max_channels, channel_order, color_scale
         self.saturation_threshold = float(saturation_threshold)
         self.layer_names: list[str] = []
         self.sample_indices: list[int] | None = None
-        self.history: dict[str, dict[str, list[float]]] = {}
+        self.history: dict[str, dict[str, list[Any]]] = {}
+        self.layer_of: dict[str, str] = {}  # layer -> the tensor its statistics are of (latest capture)
         self.last_step = -1
         self._modules: dict[str, nn.Module] = {}
         self._loader: DataLoader | None = None
-        self._sample: Any = None
+        self._sample: ModelInput | None = None
         self._acc: dict[str, torch.Tensor] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
         self._pictures: dict[str, dict[str, Any]] | None = None
         self._resolved = False
 
@@ -240,17 +296,23 @@ class ActivationMapCallback(VizCallback):
 
     def _resolve_layers(self, model: nn.Module) -> None:
         self._resolved = True
+        named = named_layers(model)
         if self.layers is not None:
-            self.layer_names = list(match_modules(model, self.layers, argument="layers"))
+            self.layer_names = list(match_modules(_Named(named), self.layers, argument="layers"))  # type: ignore[arg-type]
             return
-        convs = [n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)]
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        unused = {id(m.out_proj) for m in named.values() if isinstance(m, nn.MultiheadAttention)}
+        convs = [n for n, m in named.items() if isinstance(m, CONV_TYPES)]
+        linears = [n for n, m in named.items() if isinstance(m, nn.Linear) and id(m) not in unused]
         self.layer_names = convs or linears
-        if not convs:
-            what = f"its Linear layers {linears}" if linears else "nothing (it has no Linear layer either)"
+        if not convs and linears:  # worth a line, nothing for the user to fix
+            rank_zero_info(
+                f"ActivationMapCallback: the model has no Conv1d/Conv2d/Conv3d layer, so it captures its Linear "
+                f"layers {linears}. Set `layers` to choose modules."
+            )
+        elif not convs:  # nothing would be drawn: the user must choose
             rank_zero_warn(
-                f"ActivationMapCallback: the model has no Conv1d/Conv2d/Conv3d layer, so it captures {what}; "
-                "other modules are skipped. Set `layers` to choose modules.",
+                "ActivationMapCallback: the model has no Conv1d/Conv2d/Conv3d or Linear layer, so it captures "
+                "nothing. Set `layers` to choose modules (glob patterns over module names).",
                 category=VizWarning,
             )
 
@@ -289,7 +351,7 @@ class ActivationMapCallback(VizCallback):
         # Strategies may replace modules after setup (SyncBatchNorm) or create them (configure_model).
         if not self._resolved:
             self._resolve_layers(pl_module)
-        named = dict(pl_module.named_modules())
+        named = named_layers(pl_module)
         self._modules = {n: named[n] for n in self.layer_names if n in named}
 
     # ------------------------------------------------------------------ schedule
@@ -307,23 +369,34 @@ class ActivationMapCallback(VizCallback):
             self.capture(trainer, pl_module)
 
     # ------------------------------------------------------------------ sample
-    def sample_input(self) -> Any:
-        """The model input of the fixed sample batch (detached, on the CPU), built on first use."""
+    def _feed(self, batch: Any, pl_module: LightningModule) -> ModelInput | None:
+        inp = model_input(batch, pl_module)
+        if inp is None:
+            warn_once(("ActivationMapCallback", "feed"), feed_hint("ActivationMapCallback", pl_module, batch))
+        return inp
+
+    def sample_input(self, pl_module: LightningModule) -> ModelInput | None:
+        """What the model is fed for the fixed sample batch (detached, on the CPU), built on first use;
+        ``None`` (after one warning) when the model cannot be fed from the batch."""
         if self._sample is not None:
             return self._sample
         loader = self._loader
         if loader is None:
             raise RuntimeError("ActivationMapCallback.setup() has not run")
         if self.sample_indices is None:  # an iterable dataset: its first examples, in iteration order
-            parts, have = [], 0
+            parts: list[ModelInput] = []
+            have = 0
             for batch in loader:
-                parts.append(model_input(batch))
-                have += len(parts[-1])
-                if have >= self.sample_size:
+                part = self._feed(batch, pl_module)
+                if part is None:
+                    return None
+                parts.append(part)
+                have += part.batch_size() or 1
+                if have >= self.sample_size or part.source == "example_input_array":
                     break
-            if have < self.sample_size:
+            if have < self.sample_size and not (parts and parts[0].source == "example_input_array"):
                 raise ValueError(f"`sample_size` is {self.sample_size} but the dataset yields only {have}")
-            x = torch.cat(parts)[: self.sample_size]
+            inp = parts[0] if parts[0].source == "example_input_array" else ModelInput.concat(parts)
         else:
             dataset: Any = loader.dataset
             if max(self.sample_indices) >= len(dataset):
@@ -334,34 +407,75 @@ class ActivationMapCallback(VizCallback):
                 )
                 self.sample_indices = list(range(self.sample_size))
             collate = loader.collate_fn if loader.batch_sampler is not None else default_collate
-            x = model_input(collate([dataset[i] for i in self.sample_indices]))
-        self._sample = apply_to_collection(x, torch.Tensor, lambda t: t.detach().cpu())
+            found = self._feed(collate([dataset[i] for i in self.sample_indices]), pl_module)
+            if found is None:
+                return None
+            inp = found
+        self._sample = inp.examples(self.sample_size).apply(lambda t: t.detach().cpu())
         return self._sample
 
     # ------------------------------------------------------------------ capture (every rank)
-    def _on_output(self, name: str, module: nn.Module, output: Any) -> None:
-        t = first_tensor(output)
+    def _on_passed(self, name: str, module: nn.Module, output: Any, passed: Passed) -> None:
+        own = first_tensor(output)
+        t = first_tensor(passed.tensor)
         if t is None or t.numel() == 0 or t.is_complex():
-            what = type(output).__name__ + ("" if t is None else f" of shape {tuple(t.shape)}, {t.dtype}")
+            what = type(output).__name__ + (
+                "" if own is None else f" of shape {tuple(own.shape)}, {own.dtype}"
+            )
             warn_once(
                 ("ActivationMapCallback", "skip", name),
                 f"ActivationMapCallback: layer {name!r} is skipped: its output ({what}) holds no real, "
                 "non-empty tensor.",
             )
             return
+        bounds = saturation_bounds(passed.module)
         a = stat_view(t)
-        vec = output_sums(a, saturation_bounds(module), self.saturation_threshold)
+        vec = output_sums(a, bounds, self.saturation_threshold)
         self._acc[name] = self._acc[name] + vec if name in self._acc else vec
-        if self._pictures is not None and name not in self._pictures and a.ndim >= 2:
-            args = (name, module, a, min(self.sample_index, a.shape[0] - 1), self.max_channels)
-            image_like = a.ndim in (4, 5)
-            rec = (
-                feature_record(*args, self.channel_order)
-                if image_like
-                else heatmap_record(*args, self.channel_order)
-            )
-            if rec is not None:
-                self._pictures[name] = rec
+        of = clean_layer_name(passed.describe(name))
+        self._meta.setdefault(
+            name,
+            {
+                "of": of,
+                "source": passed.source,
+                "activation": type(passed.module).__name__ if is_activation(passed.module) else None,
+                "bounded": bounds is not None,
+            },
+        )
+        if self._pictures is None or name in self._pictures:
+            return
+        # the picture shows what the layer passes on when it has the output's shape, else the output
+        same = own is None or (own.shape == t.shape and not own.is_complex() and own.numel() > 0)
+        shown, shows = (a, of) if same else (stat_view(own), f"output of {name} ({type(module).__name__})")
+        if shown.ndim < 2:
+            return
+        args = (name, module, shown, min(self.sample_index, shown.shape[0] - 1), self.max_channels)
+        image_like = shown.ndim in (4, 5)
+        rec = (
+            feature_record(*args, self.channel_order)
+            if image_like
+            else heatmap_record(*args, self.channel_order)
+        )
+        if rec is not None:
+            rec["shows"] = shows
+            self._pictures[name] = rec
+
+    def _forward(self, trainer: Trainer, pl_module: LightningModule, inp: ModelInput) -> tuple[Any, list]:
+        """One capture forward pass on ``inp``; returns the error it raised (or ``None``) and the layers run."""
+        self._acc, self._meta = {}, {}
+        if self._pictures is not None:
+            self._pictures = {}
+        moved = inp.apply(lambda t: t.to(pl_module.device))
+        convert = trainer.precision_plugin.convert_input
+        moved = ModelInput(convert(moved.args), convert(moved.kwargs), moved.source)
+        with torch.no_grad(), eager(), capture_passed(pl_module, self._modules, self._on_passed) as tracker:
+            try:
+                with trainer.precision_plugin.forward_context():
+                    moved(pl_module)
+                tracker.finish()
+            except Exception as err:
+                return err, list(tracker.executed)
+        return None, list(tracker.executed)
 
     def capture(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Capture, reduce and emit once for the current global step (every rank must call this)."""
@@ -369,31 +483,35 @@ class ActivationMapCallback(VizCallback):
         if step == self.last_step or not self.layer_names:
             return
         self.last_step = step
-        self._acc = {}
         self._pictures = {} if self.emitting(trainer) else None
-        failed, x = False, None
+        failed, inp = False, None
         try:
-            x = self.sample_input()
-            inputs = trainer.precision_plugin.convert_input(move_data_to_device(x, pl_module.device))
-            with torch.no_grad(), capture_outputs(pl_module, self._modules, self._on_output) as executed:
-                try:
-                    with trainer.precision_plugin.forward_context():
-                        pl_module(inputs)
-                except Exception as err:
-                    failed = True
-                    warn_once(
-                        ("ActivationMapCallback", "forward", type(err).__name__),
-                        f"ActivationMapCallback: the capture forward pass failed at step {step}; layers run "
-                        f"before the error: {list(executed)}; cause: {err!r}. Hooks were removed and the "
-                        "model's train/eval modes restored; training continues. This warning is shown once.",
-                    )
+            inp = self.sample_input(pl_module)
+            failed = inp is None  # the model cannot be fed: warned once by sample_input
+            err, executed = (None, []) if inp is None else self._forward(trainer, pl_module, inp)
+            example = (
+                example_of(pl_module) if err is not None and inp.source != "example_input_array" else None
+            )
+            if err is not None and example is not None:  # the batch does not fit forward: the example does
+                inp = example.apply(lambda t: t.detach().cpu())
+                if self._forward(trainer, pl_module, inp)[0] is None:
+                    self._sample, err = inp, None
+            if err is not None:
+                failed = True
+                warn_once(
+                    ("ActivationMapCallback", "forward", type(err).__name__),
+                    f"ActivationMapCallback: the capture forward pass failed at step {step}; layers run "
+                    f"before the error: {executed}; cause: {err!r}. Hooks were removed and the "
+                    "model's train/eval modes restored; training continues. This warning is shown once.",
+                )
         except Exception as err:
             failed = True
             warn_once(
                 ("ActivationMapCallback", "capture", type(err).__name__),
                 f"ActivationMapCallback: capture failed at step {step}: {err!r}. Training continues.",
             )
-        acc, pictures, self._acc, self._pictures = self._acc, self._pictures or {}, {}, None
+        acc, meta, pictures = self._acc, self._meta, self._pictures or {}
+        self._acc, self._meta, self._pictures = {}, {}, None
         dev = next((v.device for v in acc.values()), pl_module.device)
         sums = torch.zeros(len(self.layer_names), NSUMS, dtype=torch.float64, device=dev)
         if not failed:
@@ -403,27 +521,41 @@ class ActivationMapCallback(VizCallback):
         reduced, any_failed = distributed.reduce_values({"sums": sums}, {"sums": "sum"}, failed=failed)
         if not any_failed:
             with self.guard(trainer, "activation maps"):
-                self._record(trainer, step, reduced["sums"].cpu().numpy(), x, pictures)
+                self._record(trainer, step, reduced["sums"].cpu().numpy(), inp, meta, pictures)
 
     # ------------------------------------------------------------------ record and emit
-    def _record(self, trainer: Trainer, step: int, sums: np.ndarray, x: Any, pictures: dict) -> None:
+    def _record(
+        self,
+        trainer: Trainer,
+        step: int,
+        sums: np.ndarray,
+        inp: ModelInput | None,
+        meta: dict,
+        pictures: dict,
+    ) -> None:
         scalars: dict[str, float] = {}
         nonfinite: list[tuple[str, int]] = []
-        published: dict[str, Any] = {"_types": {}}
+        published: dict[str, Any] = {"_types": {}, "_activation": {}}
         for name, row in zip(self.layer_names, sums):
             module = self._modules.get(name)
-            stats = stats_from_sums(row, module is not None and saturation_bounds(module) is not None)
-            published[name] = dict(stats)
+            info = meta.get(name, {})
+            stats = stats_from_sums(row, bool(info.get("bounded")))
+            published[name] = {**stats, "of": info.get("of"), "source": info.get("source")}
             published["_types"][name] = type(module).__name__ if module is not None else "?"
-            hist = self.history.setdefault(name, {"step": [], **{k: [] for k in HISTORY_STATS}})
+            published["_activation"][name] = info.get("activation")
+            if info.get("of"):
+                self.layer_of[name] = info["of"]
+            hist = self.history.setdefault(name, {"step": [], **{k: [] for k in HISTORY_STATS}, "ran": []})
             hist.setdefault("nonfinite", [0] * len(hist["step"]))
+            hist.setdefault("ran", [True] * len(hist["step"]))
             hist["step"].append(step)
+            hist["ran"].append(bool(stats["ran"]))
             for k in STATS:
                 v = stats[k]
                 hist[k].append(v)
                 if math.isfinite(v):
                     scalars[f"activation/{name}/{k}"] = v
-            bad = int(row[6]) if len(row) > 6 else 0
+            bad = int(stats["nonfinite"])
             hist["nonfinite"].append(bad)
             if bad:
                 scalars[f"activation/{name}/nonfinite"] = float(bad)
@@ -441,15 +573,29 @@ class ActivationMapCallback(VizCallback):
         self.emit_scalars(trainer, scalars, step)
         if not self.emitting(trainer):
             return
+        x = inp.primary() if inp is not None else None
+        source = inp.source if inp is not None else ""
         maps = [p for p in pictures.values() if "maps" in p]
         if maps:
             image = input_image(x, self.sample_index)
-            data = {"step": step, "sample_index": self.sample_index, "input": image, "layers": maps}
-            arrays = {"step": np.array(step), "sample_index": np.array(self.sample_index)}
+            data = {
+                "step": step,
+                "sample_index": self.sample_index,
+                "input": image,
+                "input_source": source,
+                "color_scale": self.color_scale,
+                "layers": maps,
+            }
+            arrays = {
+                "step": np.array(step),
+                "sample_index": np.array(self.sample_index),
+                "input_source": np.array(source),
+                "color_scale": np.array(self.color_scale),
+            }
             arrays["layer_names"] = np.array([m["name"] for m in maps])
             if image is not None:
                 arrays["input"] = image
-            for key in ("kind", "total_channels", "order", "note", "nonfinite"):  # enough to redraw
+            for key in ("kind", "total_channels", "order", "note", "nonfinite", "shows"):  # enough to redraw
                 arrays[f"layer_{key}"] = np.array([m[key] for m in maps])
             for j, m in enumerate(maps):
                 arrays.update({f"{key}_{j}": m[key] for key in ("maps", "channels", "scores")})
@@ -457,9 +603,17 @@ class ActivationMapCallback(VizCallback):
         heat = [p for p in pictures.values() if "values" in p]
         if heat:
             data = {"step": step, "layers": heat}
+            if any("row_ticks" in p for p in heat):  # 1-d convolutions: the input signal beside them
+                signal = input_signal(x, self.sample_index, source)
+                if signal is not None:
+                    data["input"] = signal
             self._emit(trainer, render_heatmaps, data, "heatmaps", step_stem("heatmaps", step), step, None)
         history = {n: {k: list(v) for k, v in h.items()} for n, h in self.history.items()}
-        data = {"saturation_threshold": self.saturation_threshold, "layers": history}
+        data = {
+            "saturation_threshold": self.saturation_threshold,
+            "layers": history,
+            "of": {n: self.layer_of[n] for n in history if n in self.layer_of},
+        }
         self._emit(trainer, render_activation_stats, data, "stats", "stats", step, None, cumulative=True)
 
     def _emit(
@@ -506,13 +660,13 @@ class ActivationMapCallback(VizCallback):
         self.history = {}
         for n, h in history.items():
             steps = list(h.get("step", []))
-            # an older state has no `nonfinite` list; a missing statistic is NaN at each step
-            fill = {"nonfinite": 0}
+            # an older state has no `nonfinite` or `ran` list; a missing statistic is NaN at each step
+            fill: dict[str, Any] = {"nonfinite": 0, "ran": True}
             self.history[n] = {
                 "step": steps,
                 **{
                     k: list(h[k]) if len(h.get(k, [])) == len(steps) else [fill.get(k, math.nan)] * len(steps)
-                    for k in HISTORY_STATS
+                    for k in (*HISTORY_STATS, "ran")
                 },
             }
         self.last_step = int(state_dict.get("last_step", self.last_step))

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 def match_modules(
@@ -144,8 +145,10 @@ class Passed:
     Attributes:
         tensor: the tensor itself (not copied).
         source: ``"output"`` (the layer's own output: it is an activation, a block ending in one, or nothing
-            ran after it), ``"activation"`` (the output of the activation module that follows it, past any
-            normalisation or dropout), or ``"next_input"`` (the input of the next module that ran: what a
+            ran after it), ``"activation"`` (the output of the activation that follows it, past any
+            normalisation or dropout: an activation module, or a functional one such as ``F.relu`` in
+            ``forward``, whose ``module`` is then a stand-in of the matching module class and whose
+            ``module_name`` is the function, e.g. ``F.relu``), or ``"next_input"`` (the input of the next module that ran: what a
             functional activation such as ``F.relu`` in ``forward`` produced).
         module_name: the module whose output or input it is.
         module: that module (its bounds decide the saturated fraction).
@@ -174,13 +177,102 @@ def _first(value: Any, depth: int = 0) -> torch.Tensor | None:
     return None
 
 
+def _tensors(value: Any, out: list[torch.Tensor], depth: int = 0) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+    elif depth < 2 and isinstance(value, (tuple, list)):
+        for v in value:
+            _tensors(v, out, depth + 1)
+    elif depth < 2 and isinstance(value, Mapping):
+        for v in value.values():
+            _tensors(v, out, depth + 1)
+    return out
+
+
+class _Lineage(TorchFunctionMode):
+    """Notes, while layers wait, every tensor computed from a waiting layer's output by a torch function
+    (``F.relu``, ``x.view``, ``+``, ``F.batch_norm``, ...), so that a layer is resolved only with a tensor
+    derived from what it output, never with an unrelated one (a parallel branch, a ResNet shortcut's input)."""
+
+    def __init__(self, tracker: PassedTracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        tracker = self.tracker
+        if tracker._pending:
+            make = _FUNCTIONAL.get(func) if not tracker._in_activation else None
+            keys = tracker._keys(_first(args)) if make is not None else set()
+            t = _first(out)
+            if keys and t is not None:  # F.relu(conv(x)) in forward: what the layer passes on
+                tracker._resolve(keys, t, "activation", _function_name(func), make(args, kwargs or {}))
+            else:
+                tracker._note((args, kwargs), out)
+        return out
+
+
+def _functional_activations() -> dict[Any, Callable[[Any, dict[str, Any]], nn.Module]]:
+    """Functional activations -> a stand-in of the module that computes the same (its class names the
+    non-linearity and its bounds give the saturated fraction)."""
+    F = torch.nn.functional
+    plain = {
+        nn.ReLU: ("relu", "relu_"),
+        nn.ReLU6: ("relu6",),
+        nn.LeakyReLU: ("leaky_relu", "leaky_relu_"),
+        nn.ELU: ("elu", "elu_"),
+        nn.SELU: ("selu", "selu_"),
+        nn.CELU: ("celu", "celu_"),
+        nn.GELU: ("gelu",),
+        nn.SiLU: ("silu",),
+        nn.Mish: ("mish",),
+        nn.Softplus: ("softplus",),
+        nn.Tanh: ("tanh", "tanh_"),
+        nn.Sigmoid: ("sigmoid", "sigmoid_"),
+        nn.Hardsigmoid: ("hardsigmoid",),
+        nn.Hardswish: ("hardswish",),
+        nn.Softsign: ("softsign",),
+    }
+    out: dict[Any, Callable[[Any, dict[str, Any]], nn.Module]] = {}
+    for cls, names in plain.items():
+        for owner in (F, torch, torch.Tensor):
+            for name in names:
+                fn = getattr(owner, name, None)
+                if fn is not None:
+                    out[fn] = lambda _a, _k, cls=cls: cls()
+
+    def hardtanh(args: Any, kwargs: dict[str, Any]) -> nn.Module:
+        lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+        return nn.Hardtanh(float(lo), float(hi))
+
+    for owner in (F, torch):
+        for name in ("hardtanh", "hardtanh_"):
+            fn = getattr(owner, name, None)
+            if fn is not None:
+                out[fn] = hardtanh
+    return out
+
+
+def _function_name(func: Any) -> str:
+    module = getattr(func, "__module__", "") or ""
+    prefix = "F" if module.endswith("functional") else "Tensor" if "Tensor" in repr(func) else "torch"
+    return f"{prefix}.{getattr(func, '__name__', 'function')}"
+
+
+_FUNCTIONAL = _functional_activations()
+
+
 class PassedTracker:
     """Forward hooks that follow each selected module to the tensor it passes on (see :class:`Passed`).
 
     On the selected modules a forward hook notes the output; on every leaf module a pre-hook and a forward
-    hook resolve what waits: the output of the first activation module that runs next (normalisation,
-    dropout and identity modules in between are looked past), or else the input of the first other module
-    that runs next. What is still waiting when :meth:`finish` is called is the layer's own output.
+    hook resolve what waits: the output of the first activation module that runs next on a tensor computed
+    from the layer's output (normalisation, dropout and identity modules in between are looked past), or
+    else the input of the first other module that runs next on such a tensor. Which tensors are computed
+    from a waiting output is followed through every torch function while layers wait (a
+    ``TorchFunctionMode``), so a module fed something else (a parallel branch, a shortcut) never resolves
+    it. What is still waiting when :meth:`finish` is called is the layer's own output.
     ``on_passed(name, module, output, passed)`` is called once per call of a selected module.
 
     Use :meth:`attach` and :meth:`detach` (or :func:`capture_passed`); :meth:`detach` always removes every
@@ -195,9 +287,13 @@ class PassedTracker:
     ) -> None:
         self.model, self.modules, self.on_passed = model, dict(modules), on_passed
         self.executed: list[str] = []
-        self._pending: list[tuple[str, nn.Module, Any]] = []
+        self._pending: dict[int, tuple[str, nn.Module, Any]] = {}
+        self._derived: dict[int, tuple[torch.Tensor, set[int]]] = {}  # id -> (tensor, waiting keys)
+        self._next_key = 0
         self._last_leaf_activation = False
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._mode: _Lineage | None = None
+        self._in_activation = 0  # inside an activation module's forward: its own F.relu is not functional
 
     def attach(self) -> None:
         selected = {id(m): n for n, m in self.modules.items()}
@@ -209,44 +305,74 @@ class PassedTracker:
             self._handles.append(
                 module.register_forward_hook(self._post(name, selected.get(id(module)), leaf))
             )
+        self._mode = _Lineage(self)
+        self._mode.__enter__()
 
     def detach(self) -> None:
+        if self._mode is not None:
+            mode, self._mode = self._mode, None
+            mode.__exit__(None, None, None)
         for h in self._handles:
             h.remove()
         self._handles = []
-        self._pending = []
+        self._pending, self._derived, self._in_activation = {}, {}, 0
 
     def finish(self) -> None:
         """Resolve what still waits with each layer's own output (nothing ran after it)."""
-        pending, self._pending = self._pending, []
-        for name, module, output in pending:
+        pending, self._pending, self._derived = self._pending, {}, {}
+        for name, module, output in pending.values():
             t = _first(output)
-            if isinstance(t, torch.Tensor):
-                self.on_passed(name, module, output, Passed(t, "output", name, module))
-            else:
-                self.on_passed(name, module, output, Passed(output, "output", name, module))
+            self.on_passed(name, module, output, Passed(output if t is None else t, "output", name, module))
 
-    def _resolve(self, tensor: Any, source: str, by: str, module: nn.Module) -> None:
-        pending, self._pending = self._pending, []
-        for name, m, output in pending:
+    def _keys(self, t: torch.Tensor | None) -> set[int]:
+        entry = self._derived.get(id(t)) if t is not None else None
+        return entry[1] & self._pending.keys() if entry is not None and entry[0] is t else set()
+
+    def _note(self, inputs: Any, output: Any) -> None:
+        keys: set[int] = set()
+        for t in _tensors(inputs, []):
+            keys |= self._keys(t)
+        if keys:
+            for t in _tensors(output, []):
+                self._derived[id(t)] = (t, self._keys(t) | keys)
+
+    def _wait(self, name: str, module: nn.Module, output: Any) -> None:
+        key, self._next_key = self._next_key, self._next_key + 1
+        self._pending[key] = (name, module, output)
+        t = _first(output)
+        if t is not None:
+            self._derived[id(t)] = (t, self._keys(t) | {key})
+
+    def _resolve(self, keys: set[int], tensor: Any, source: str, by: str, module: nn.Module) -> None:
+        for key in sorted(keys):
+            name, m, output = self._pending.pop(key)
             self.on_passed(name, m, output, Passed(tensor, source, by, module))
+        if not self._pending:
+            self._derived = {}
 
     def _pre(self, name: str, leaf: bool) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
-            if not leaf or not self._pending or is_activation(module) or isinstance(module, _PASS_THROUGH):
+            if leaf and is_activation(module):
+                self._in_activation += 1
+                return
+            if not leaf or not self._pending or isinstance(module, _PASS_THROUGH):
                 return
             t = _first(args)
-            if t is not None:
-                self._resolve(t, "next_input", name, module)
+            keys = self._keys(t)
+            if keys:
+                self._resolve(keys, t, "next_input", name, module)
 
         return hook
 
     def _post(self, name: str, selected: str | None, leaf: bool) -> Callable[..., None]:
-        def hook(module: nn.Module, _args: Any, output: Any) -> None:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if leaf and is_activation(module):
+                self._in_activation = max(0, self._in_activation - 1)
             if leaf and is_activation(module) and self._pending:
                 t = _first(output)
-                if t is not None:
-                    self._resolve(t, "activation", name, module)
+                keys = self._keys(_first(args))
+                if t is not None and keys:
+                    self._resolve(keys, t, "activation", name, module)
             if leaf:
                 self._last_leaf_activation = is_activation(module)
             if selected is None:
@@ -256,7 +382,7 @@ class PassedTracker:
                 t = _first(output)
                 self.on_passed(selected, module, output, Passed(t, "output", selected, module))
             else:
-                self._pending.append((selected, module, output))
+                self._wait(selected, module, output)
 
         return hook
 

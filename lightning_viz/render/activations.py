@@ -14,7 +14,7 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator
 
 from lightning_viz.render._figure import new_figure
 from lightning_viz.render._layout import Room, colorbar_room, fit_axes, nice_ticks, place_grid, suptitle
@@ -34,9 +34,15 @@ NONFINITE_COLOR = "#ff00ff"  # NaN/Inf cells of maps and heatmaps
 GRID_PAD = 1
 PAD_VALUE = 2.0  # drawn in white: above the colour map's range
 CBAR_WIDTH, CBAR_GAP = 0.12, 0.15  # inches: a heatmap's colour bar and its gap to the heatmap
+NOTE_LINES, NOTE_LINE_H = 16, 0.14  # the statistics figure's note under the panels: lines, inches each
 
 
-def _show_input(ax: Axes, image: np.ndarray, sample_index: int) -> None:
+def _input_title(sample_index: int, source: str = "") -> str:
+    where = "example_input_array, " if source == "example_input_array" else ""
+    return f"input ({where}example {sample_index})"
+
+
+def _show_input(ax: Axes, image: np.ndarray, sample_index: int, source: str = "") -> None:
     """An input example ``[C, H, W]``: grey for one channel, RGB (rescaled to [0, 1]) for three."""
     img = np.asarray(image, dtype=np.float32)
     if img.shape[0] == 3:
@@ -44,7 +50,7 @@ def _show_input(ax: Axes, image: np.ndarray, sample_index: int) -> None:
         ax.imshow(np.transpose((img - lo) / max(hi - lo, 1e-12), (1, 2, 0)), interpolation="nearest")
     else:
         ax.imshow(img[0], cmap="gray", interpolation="nearest")
-    ax.set_title(f"input (example {sample_index})", fontsize=9)
+    ax.set_title(_input_title(sample_index, source), fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -72,56 +78,82 @@ def tile_grid(tiles: np.ndarray, nrow: int, padding: int, pad_value: float) -> n
     return grid
 
 
-def feature_grid(maps: np.ndarray) -> tuple[np.ndarray, int]:
-    """Tile ``[K, H, W]`` maps, each channel scaled to [0, 1] on its own (on its finite values).
+def feature_grid(
+    maps: np.ndarray, color_scale: str = "per_map"
+) -> tuple[np.ndarray, int, tuple[float, float]]:
+    """Tile ``[K, H, W]`` maps for display.
+
+    Args:
+        maps: the maps.
+        color_scale: ``"per_map"``: each channel scaled to [0, 1] on its own finite values (a constant map
+            is 0); ``"absolute"``: the values as they are, on one range for all the maps, which includes 0
+            (an all-zero map is drawn as 0, never stretched).
 
     Returns:
-        The ``[H', W']`` grid (values in [0, 1]; the padding between tiles is ``PAD_VALUE``, above 1) and the
-        number of tiles per row.
+        The ``[H', W']`` grid (NaN/Inf as NaN; the padding between tiles lies above the range, drawn white),
+        the number of tiles per row, and the colour range ``(vmin, vmax)``.
     """
     k = int(maps.shape[0])
     nrow = max(1, math.ceil(math.sqrt(k)))
     tiles = np.array(maps, dtype=np.float32, copy=True)
     tiles[~np.isfinite(tiles)] = np.nan  # NaN/Inf stay NaN (drawn as "bad")
+    if color_scale == "absolute":
+        ok = np.isfinite(tiles)
+        lo = min(float(tiles[ok].min()), 0.0) if ok.any() else 0.0
+        hi = max(float(tiles[ok].max()), 0.0) if ok.any() else 0.0
+        if hi - lo <= 0:
+            hi = lo + 1.0
+        return tile_grid(tiles, nrow, GRID_PAD, hi + PAD_VALUE * (hi - lo)), nrow, (lo, hi)
     for tile in tiles:
         ok = np.isfinite(tile)
         lo, hi = (float(tile[ok].min()), float(tile[ok].max())) if ok.any() else (0.0, 1.0)
         tile -= lo
         tile /= max(hi - lo, 1e-5)
-    return tile_grid(tiles, nrow, GRID_PAD, PAD_VALUE), nrow
+    return tile_grid(tiles, nrow, GRID_PAD, PAD_VALUE), nrow, (0.0, 1.0)
+
+
+def _image_width(box: tuple[float, float, float, float], shape: tuple[int, ...]) -> tuple[float, float]:
+    """Left edge and width (inches) of an ``aspect="equal"`` image centred in an axes box."""
+    x, _, w, h = box
+    drawn = min(w, h * shape[1] / max(shape[0], 1))
+    return x + (w - drawn) / 2, drawn
 
 
 def render_feature_maps(data: Mapping[str, Any]) -> Figure:
     """The input example beside one labelled feature-map grid per layer.
 
     Args:
-        data: ``step``; ``sample_index``; ``input`` (``[C, H, W]`` array or ``None``); ``layers``: a list of
-            dicts with ``name``, ``kind`` (module type), ``maps`` (``[K, H, W]``), ``channels`` (the ``K``
-            channel indices shown, in display order), ``total_channels``, ``order`` (the channel rule) and an
-            optional ``note``.
+        data: ``step``; ``sample_index``; ``input`` (``[C, H, W]`` array or ``None``); optional
+            ``input_source`` (``"example_input_array"`` says so in the input's title); ``color_scale``
+            (``"absolute"``: one colour scale per layer with its colour bar; ``"per_map"``, the default for
+            data without it: each channel stretched to its own range); ``layers``: a list of dicts with
+            ``name``, ``kind`` (module type), ``maps`` (``[K, H, W]``), ``channels`` (the ``K`` channel indices
+            shown, in display order), ``total_channels``, ``order`` (the channel rule), and optional ``note``
+            and ``shows`` (which tensor the maps are, e.g. ``"output of act1 (ReLU) after conv1"``).
 
     Returns:
         A figure with one axes for the input (when given) and one per layer, each titled with the layer name,
-        its type and the channels shown; every tile is labelled with its channel index.
+        its type, the channels shown and what the maps are; every tile is labelled with its channel index.
     """
     layers: Sequence[Mapping[str, Any]] = data["layers"]
     image = data.get("input")
+    absolute = data.get("color_scale", "per_map") == "absolute"
     n = max(1, len(layers))
     fig = new_figure(10.0 if image is not None else 7.5, 0.6 + 3.0 * n, layout=None)
-    top = suptitle(
-        fig, f"Feature maps at step {data.get('step', '?')} (each channel scaled to its own range)"
-    )
+    how = "one colour scale per layer" if absolute else "each channel scaled to its own range"
+    top = suptitle(fig, f"Feature maps at step {data.get('step', '?')} ({how})")
     ncols = 2 if image is not None else 1
     slots: list[Axes | None] = [None] * (n * ncols)  # row-major; the input's column is empty below it
     if image is not None:
         slots[0] = fig.add_axes((0.0, 0.0, 1.0, 1.0))
-        _show_input(slots[0], image, int(data.get("sample_index", 0)))
+        _show_input(slots[0], image, int(data.get("sample_index", 0)), str(data.get("input_source", "")))
+    bars: list[tuple[Axes, Axes, tuple[int, ...], Any]] = []
     for row, layer in enumerate(layers):
         ax = slots[row * ncols + ncols - 1] = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         maps = np.asarray(layer["maps"])
-        grid, nrow = feature_grid(maps)
+        grid, nrow, (lo, hi) = feature_grid(maps, "absolute" if absolute else "per_map")
         cmap = matplotlib.colormaps["viridis"].with_extremes(over="white", bad=NONFINITE_COLOR)
-        ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        im = ax.imshow(grid, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
         h, w = maps.shape[1] + GRID_PAD, maps.shape[2] + GRID_PAD
         for i, ch in enumerate(np.asarray(layer["channels"]).tolist()):
             r, c = divmod(i, nrow)
@@ -140,31 +172,103 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
             f"{layer['name']} ({layer['kind']}): {len(layer['channels'])} of {layer['total_channels']} "
             f"channels, {order}"
         )
+        if layer.get("shows"):
+            title += f"\n{layer['shows']}"
         if layer.get("note"):
             title += f"\n{layer['note']}"
         _title_with_nonfinite(ax, title, int(layer.get("nonfinite", 0) or 0))
         ax.set_xticks([])
         ax.set_yticks([])
+        if absolute:
+            cax = fig.add_axes((0.0, 0.0, 0.01, 0.5), label="<colorbar>")
+            cb = fig.colorbar(im, cax=cax, extend="neither")
+            cb.locator = MaxNLocator(4, steps=[1, 2, 2.5, 5, 10])
+            bars.append((ax, cax, grid.shape, cb))
     rooms = [fit_axes(ax) if ax is not None else Room() for ax in slots]
-    place_grid(fig, slots, ncols, rooms, top=top, width_ratios=[1, 3] if image is not None else None)
+    if bars:
+        extra = Room(right=CBAR_GAP + CBAR_WIDTH + max(colorbar_room(cb) for *_, cb in bars))
+        with_bar = {id(ax) for ax, *_ in bars}
+        rooms = [r | extra if id(ax) in with_bar else r for ax, r in zip(slots, rooms)]
+    boxes = place_grid(fig, slots, ncols, rooms, top=top, width_ratios=[1, 3] if image is not None else None)
+    fig_w, fig_h = fig.get_size_inches()
+    for ax, cax, shape, _ in bars:
+        box = boxes[slots.index(ax)]
+        left, width = _image_width(box, shape)
+        y, hgt = box[1], box[3]
+        drawn_h = min(hgt, width * shape[0] / max(shape[1], 1))
+        y0 = y + (hgt - drawn_h) / 2
+        cax.set_position(((left + width + CBAR_GAP) / fig_w, y0 / fig_h, CBAR_WIDTH / fig_w, drawn_h / fig_h))
     return fig
+
+
+def _row_ticks(ax: Axes, ticks: Sequence[int]) -> None:
+    """Rows labelled with the real channel numbers (every k-th when there are many)."""
+    every = max(1, math.ceil(len(ticks) / 16))
+    rows = list(range(0, len(ticks), every))
+    ax.yaxis.set_major_locator(FixedLocator(rows))
+    ax.yaxis.set_major_formatter(FixedFormatter([str(ticks[r]) for r in rows]))
+    ax.tick_params(axis="y", labelsize=7)
+
+
+def _show_signal(ax: Axes, signal: Mapping[str, Any]) -> Any:
+    """A 1-d input example ``[C, L]``: one line per channel (up to 4 channels), else a C x L heatmap."""
+    values = np.asarray(signal["values"], dtype=np.float32)
+    title = _input_title(int(signal.get("example", 0)), str(signal.get("source", "")))
+    if signal.get("note"):
+        title += f": {signal['note']}"
+    im = None
+    if values.shape[0] <= 4:
+        for c, line in enumerate(values):
+            ax.plot(np.arange(line.size), line, lw=1, label=f"channel {c}")
+        if values.shape[0] > 1:
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set_ylabel("value")
+        nice_ticks(ax.yaxis, 5)
+        ax.set_xlim(0, max(values.shape[1] - 1, 1))
+    else:
+        lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+        im = ax.imshow(
+            values, aspect="auto", cmap="RdBu_r", vmin=-lim or -1, vmax=lim or 1, interpolation="nearest"
+        )
+        ax.set_ylabel("channel")
+        nice_ticks(ax.yaxis, 6, integer=True)
+    ax.set_xlabel("position")
+    nice_ticks(ax.xaxis, 7, integer=True)
+    ax.set_title(title, fontsize=9)
+    return im
 
 
 def render_heatmaps(data: Mapping[str, Any]) -> Figure:
     """One heatmap per layer for activations that are not images (linear, sequence, 1-d convolution).
 
     Args:
-        data: ``step`` and ``layers``: a list of dicts with ``name``, ``kind``, ``values`` (a 2-d array),
-            ``rows`` and ``cols`` (axis labels) and an optional ``note``.
+        data: ``step``; optional ``input``: a 1-d input example shown first (``values`` ``[C, L]``,
+            ``example``, ``source``, ``note``); ``layers``: a list of dicts with ``name``, ``kind``, ``values``
+            (a 2-d array), ``rows`` and ``cols`` (axis labels), and optional ``row_ticks`` (the channel number
+            of each row), ``shows`` (which tensor the values are) and ``note``.
 
     Returns:
-        A figure with one heatmap axes (and its colour bar) per layer.
+        A figure with the input (when given) and one heatmap axes (and its colour bar) per layer.
     """
     layers: Sequence[Mapping[str, Any]] = data["layers"]
-    n = max(1, len(layers))
+    signal = data.get("input")
+    n = max(1, len(layers)) + (signal is not None)
     fig = new_figure(8.0, 0.6 + 2.6 * n, layout=None)
     top = suptitle(fig, f"Activations at step {data.get('step', '?')}")
     axes, bars, rooms = [], [], []
+    if signal is not None:
+        ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+        im = _show_signal(ax, signal)
+        cax = None
+        room = fit_axes(ax)
+        if im is not None:
+            cax = fig.add_axes((0.0, 0.0, CBAR_WIDTH / 8.0, 0.5), label="<colorbar>")
+            cb = fig.colorbar(im, cax=cax)
+            cb.locator = MaxNLocator(4, steps=[1, 2, 2.5, 5, 10])
+            room = room | Room(right=CBAR_GAP + CBAR_WIDTH + colorbar_room(cb))
+        axes.append(ax)
+        bars.append(cax)
+        rooms.append(room)
     for layer in layers:
         ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         values = np.asarray(layer["values"], dtype=np.float32)
@@ -178,12 +282,17 @@ def render_heatmaps(data: Mapping[str, Any]) -> Figure:
         cb = fig.colorbar(im, cax=cax)
         cb.locator = MaxNLocator(4, steps=[1, 2, 2.5, 5, 10])
         nice_ticks(ax.xaxis, 7, integer=True)
-        nice_ticks(ax.yaxis, 6, integer=True)
+        if layer.get("row_ticks") is not None:
+            _row_ticks(ax, [int(t) for t in layer["row_ticks"]])
+        else:
+            nice_ticks(ax.yaxis, 6, integer=True)
         ax.set_ylabel(str(layer["rows"]))
         ax.set_xlabel(str(layer["cols"]))
         title = f"{layer['name']} ({layer['kind']})"
         if layer.get("note"):
             title += f": {layer['note']}"
+        if layer.get("shows"):
+            title += f"\n{layer['shows']}"
         _title_with_nonfinite(ax, title, int(layer.get("nonfinite", 0) or 0))
         rooms.append(fit_axes(ax) | Room(right=CBAR_GAP + CBAR_WIDTH + colorbar_room(cb)))
         axes.append(ax)
@@ -194,9 +303,10 @@ def render_heatmaps(data: Mapping[str, Any]) -> Figure:
     boxes = place_grid(fig, axes, 1, rooms, top=top)
     fig_w, fig_h = fig.get_size_inches()
     for cax, (x, y, w, h) in zip(bars, boxes):  # shrunk to 90% of the heatmap's height, as before
-        cax.set_position(
-            ((x + w + CBAR_GAP) / fig_w, (y + 0.05 * h) / fig_h, CBAR_WIDTH / fig_w, 0.9 * h / fig_h)
-        )
+        if cax is not None:
+            cax.set_position(
+                ((x + w + CBAR_GAP) / fig_w, (y + 0.05 * h) / fig_h, CBAR_WIDTH / fig_w, 0.9 * h / fig_h)
+            )
     return fig
 
 
@@ -204,15 +314,30 @@ def render_activation_stats(data: Mapping[str, Any]) -> Figure:
     """Per-layer activation statistics over training: mean, std, dead fraction, saturated fraction.
 
     Args:
-        data: ``layers``: layer name -> dict with ``step`` and one sequence per statistic (``mean``, ``std``,
-            ``dead_fraction``, ``saturated_fraction``; NaN where a statistic does not apply); optional
+        data: ``layers``: layer name -> dict with ``step``, one sequence per statistic (``mean``, ``std``,
+            ``dead_fraction``, ``saturated_fraction``; NaN where a statistic does not apply) and optional
+            ``nonfinite`` and ``ran`` (``False`` at a capture where the layer did not run: no point there);
+            optional ``of``: layer name -> which tensor its statistics are of; optional
             ``saturation_threshold``.
 
     Returns:
-        A figure with four axes (one per statistic) and one line per layer in each.
+        A figure with four axes (one per statistic), one line per layer in each, and a note under them
+        naming, per layer, the tensor its statistics are of, or "not run" for a layer that never ran.
     """
     layers: Mapping[str, Mapping[str, Sequence[float]]] = data["layers"]
-    fig = new_figure(10.0, 7.0, layout=None)
+    of: Mapping[str, str] = data.get("of") or {}
+    notes = []
+    for name, hist in layers.items():
+        ran = list(hist.get("ran", [True] * len(hist["step"])))
+        if ran and not any(ran):
+            notes.append(f"{name}: not run (in any capture)")
+        elif of.get(name):
+            missed = sum(1 for r in ran if not r)
+            notes.append(f"{name}: {of[name]}" + (f"; not run at {missed} capture(s)" if missed else ""))
+    if len(notes) > NOTE_LINES:
+        notes = [*notes[: NOTE_LINES - 1], f"... and {len(notes) - NOTE_LINES + 1} more layers"]
+    note_h = (NOTE_LINE_H * (len(notes) + 1) + 0.1) if notes else 0.0
+    fig = new_figure(10.0, 7.0 + note_h, layout=None)
     top = suptitle(fig, "Activation statistics over training (fixed sample batch, eval mode)")
     axes = [fig.add_axes((0.0, 0.0, 1.0, 1.0)) for _ in STAT_PANELS]
     for ax in axes[1:]:
@@ -229,7 +354,14 @@ def render_activation_stats(data: Mapping[str, Any]) -> Figure:
         if key == "saturated_fraction" and "saturation_threshold" in data:
             label += f" (|a| >= {data['saturation_threshold']:g} x bound)"
         if not drawn:
-            why = "no bounded (tanh/sigmoid-like) layer" if key == "saturated_fraction" else "no data yet"
+            never = bool(layers) and all(h.get("ran") and not any(h["ran"]) for h in layers.values())
+            why = (
+                "not run"
+                if never
+                else "no bounded (tanh/sigmoid-like) activation output"
+                if key == "saturated_fraction"
+                else "no data yet"
+            )
             ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", color="gray")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
@@ -272,5 +404,15 @@ def render_activation_stats(data: Mapping[str, Any]) -> Figure:
         nice_ticks(ax.yaxis, 6)
         ax.tick_params(labelbottom=k >= 2)  # one row of step labels, under the lower panels
         rooms.append(fit_axes(ax, xticklabels=k >= 2))
-    place_grid(fig, axes, 2, rooms, top=top)
+    place_grid(fig, axes, 2, rooms, top=top, bottom=note_h)
+    if notes:
+        fig.text(
+            0.01,
+            (note_h - 0.05) / fig.get_size_inches()[1],
+            "Statistics of what each layer passes on:\n" + "\n".join(notes),
+            fontsize=7.5,
+            va="top",
+            ha="left",
+            family="monospace",
+        )
     return fig

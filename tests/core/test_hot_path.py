@@ -168,13 +168,13 @@ def test_instrumentation_catches_host_calls_and_hooks(tmp_path, monkeypatch):
     chatty = Chatty()
     am = lv.ActivationMapCallback(every_n_epochs=None, every_n_steps=2)
     hooks_during_capture: list[int] = []
-    real_on_output = am._on_output
+    real_on_passed = am._on_passed
 
-    def on_output(name, module, output):
+    def on_passed(name, module, output, passed):
         hooks_during_capture.append(hook_count(trainer.lightning_module))
-        return real_on_output(name, module, output)
+        return real_on_passed(name, module, output, passed)
 
-    am._on_output = on_output
+    am._on_passed = on_passed
 
     def around(name: str, hook: str, step: int, call: Any) -> Any:
         host.active = True

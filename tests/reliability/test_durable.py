@@ -152,8 +152,7 @@ def test_render_reports_bad_input(tmp_path, capsys):
 def test_render_tool_draws_a_model_without_convolutions(tmp_path):
     cb = ActivationMapCallback(sample_size=4)
     trainer = make_trainer(tmp_path, [cb], max_epochs=1)
-    with pytest.warns(UserWarning, match="no Conv1d"):
-        trainer.fit(TinyMLP(), RandomImages(n=32, with_val=False))
+    trainer.fit(TinyMLP(), RandomImages(n=32, with_val=False))
     (cb.viz_dir / "heatmaps_step000002.png").unlink()
     assert render_main([str(cb.viz_dir)]) == 0
     check_complete(cb.viz_dir / "heatmaps_step000002.png")

@@ -78,8 +78,8 @@ def test_feature_maps_without_an_image_input_and_rgb_input(figures):
 
 def test_feature_grid_scales_each_channel_on_its_own():
     maps = np.stack([np.arange(4.0).reshape(2, 2), 100 + 10 * np.arange(4.0).reshape(2, 2)])
-    grid, nrow = feature_grid(maps)
-    assert nrow == 2
+    grid, nrow, scale = feature_grid(maps)
+    assert nrow == 2 and scale == (0.0, 1.0)
     tiles = grid[grid != PAD_VALUE]
     assert tiles.min() == 0.0 and tiles.max() == 1.0
     # both tiles become the same picture after per-channel scaling
@@ -164,3 +164,100 @@ def test_activation_stats_says_when_no_layer_is_bounded(figures):
     fig = render_activation_stats({"layers": {"conv1": hist}})
     figures.append(fig)
     assert "no bounded" in fig.axes[3].texts[0].get_text()
+
+
+def test_absolute_scale_draws_a_dead_map_as_zero_with_a_colour_bar(figures):
+    dead = np.zeros((2, 4, 4), dtype=np.float32)  # a dead ReLU layer: every value exactly 0
+    live = np.stack([np.zeros((4, 4)), np.full((4, 4), 3.0)]).astype(np.float32)
+    grid, _, (lo, hi) = feature_grid(dead, "absolute")
+    assert (lo, hi) == (0.0, 1.0) and np.all(grid[grid <= hi] == 0.0)  # zero, not stretched noise
+    grid, _, (lo, hi) = feature_grid(live, "absolute")
+    assert (lo, hi) == (0.0, 3.0)  # one range for the layer, including 0
+    np.testing.assert_array_equal(grid[1:5, 1:5], 0.0)
+    np.testing.assert_array_equal(grid[1:5, 6:10], 3.0)
+    # per_map would stretch a tiny-range map to the full colour range
+    noise = np.full((1, 4, 4), 1e-3, dtype=np.float32)
+    noise[0, 0, 0] = 2e-3
+    assert feature_grid(np.concatenate([noise, noise]), "per_map")[0].max() == PAD_VALUE
+    layer = {**maps_layer("features.conv1", 2, 2), "maps": dead, "shows": "output of act1 (ReLU) after conv1"}
+    fig = render_feature_maps({"step": 3, "input": None, "color_scale": "absolute", "layers": [layer]})
+    figures.append(fig)
+    (ax,) = image_axes(fig)
+    im = ax.images[0]
+    assert im.get_clim() == (0.0, 1.0)
+    shown = np.ma.filled(im.get_array().astype(float), np.nan)
+    assert np.all(shown[shown <= 1.0] == 0.0)
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert len(bars) == 1  # the colour bar says what the colours are
+    assert "output of act1 (ReLU) after conv1" in ax.get_title()
+    assert "one colour scale per layer" in fig.get_suptitle()
+
+
+def test_conv1d_heatmap_rows_are_channel_numbers_and_the_input_signal_is_beside(figures):
+    values = np.arange(3 * 10, dtype=np.float32).reshape(3, 10)
+    data = {
+        "step": 2,
+        "input": {"values": np.sin(np.arange(40.0))[None], "example": 1, "source": "batch[0]", "note": ""},
+        "layers": [
+            {
+                "name": "conv",
+                "kind": "Conv1d",
+                "values": values,
+                "rows": "channel (example 1)",
+                "cols": "position",
+                "row_ticks": [7, 2, 30],
+                "shows": "output of act (ReLU) after conv",
+            }
+        ],
+    }
+    fig = render_heatmaps(data)
+    figures.append(fig)
+    main = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(main) == 2
+    signal, heat = main
+    assert signal.get_title() == "input (example 1)" and len(signal.lines) == 1
+    np.testing.assert_allclose(signal.lines[0].get_ydata(), np.sin(np.arange(40.0)), rtol=1e-6)
+    assert signal.get_xlabel() == "position"
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["7", "2", "30"]
+    assert list(heat.get_yticks()) == [0, 1, 2]
+    assert heat.get_ylabel() == "channel (example 1)" and heat.get_xlabel() == "position"
+    assert heat.get_title() == "conv (Conv1d)\noutput of act (ReLU) after conv"
+
+
+def test_activation_stats_say_what_each_layer_is_of_and_which_never_ran(figures):
+    nan = math.nan
+    data = {
+        "layers": {
+            "features.conv1": {
+                "step": [1, 2, 3],
+                "mean": [0.1, nan, 0.3],
+                "std": [1.0, nan, 0.8],
+                "dead_fraction": [0.5, nan, 0.6],
+                "saturated_fraction": [nan] * 3,
+                "ran": [True, False, True],
+            },
+            "attn.out_proj": {
+                "step": [1, 2, 3],
+                "mean": [nan] * 3,
+                "std": [nan] * 3,
+                "dead_fraction": [nan] * 3,
+                "saturated_fraction": [nan] * 3,
+                "nonfinite": [0, 0, 0],
+                "ran": [False] * 3,
+            },
+        },
+        "of": {"features.conv1": "output of features.act1 (ReLU) after features.conv1"},
+    }
+    fig = render_activation_stats(data)
+    figures.append(fig)
+    note = "\n".join(t.get_text() for t in fig.texts)
+    assert (
+        "features.conv1: output of features.act1 (ReLU) after features.conv1; not run at 1 capture(s)" in note
+    )
+    assert "attn.out_proj: not run (in any capture)" in note
+    assert "NaN" not in note
+    ax = fig.axes[2]
+    assert len(ax.lines) == 1  # the never-run layer draws nothing
+    ydata = np.asarray(ax.lines[0].get_ydata(), dtype=float)
+    assert np.isnan(ydata[1]) and ydata[0] == 0.5  # no point at the capture where it did not run
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["features.conv1"]
