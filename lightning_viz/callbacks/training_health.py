@@ -1,28 +1,39 @@
 """TrainingHealthCallback: automatic diagnosis of common training pathologies, from statistics already captured.
 
-Sources (no second forward pass, ever):
+What is examined, and when (an *examined step* is every N-th step of each optimizer):
 
 * weights and gradients: the ``"histograms"`` records a :class:`~lightning_viz.WeightHistogramCallback`
   publishes (norms, non-finite counts). Without one that logs ``"both"`` for every parameter, this
-  callback calls :func:`lightning_viz.core.stats.histogram_set` itself (2 bins) on its own logging steps;
-* activations: the ``"activation_stats"`` records of an :class:`~lightning_viz.ActivationMapCallback`
-  (layers whose type is ReLU-like or bounded), and, with ``activation_hooks``, forward hooks on the
-  activation modules (``ReLU``, ``ReLU6``, ``Tanh``, ``Sigmoid``, ...) during the *training* forward of
-  logging steps only: they reduce each output to seven numbers and exist for that one batch;
-* update sizes: a copy of the weights (``ndim >= 2``) taken in ``on_before_optimizer_step`` of logging steps,
-  compared with the weights after the step in ``on_train_batch_end``;
+  callback calls :func:`lightning_viz.core.precision.histogram_set` itself (2 bins, gradients unscaled under
+  a ``GradScaler``, fused optimizers included) in ``on_before_optimizer_step`` of examined steps, on the
+  parameters that train *now* (``requires_grad`` and in the stepping optimizer's param groups: re-read at
+  every examined step, so layers unfrozen later are followed from then on). Under manual optimization each
+  optimizer's parameters are examined on that optimizer's own steps;
+* activations: the ``"activation_stats"`` records of an :class:`~lightning_viz.ActivationMapCallback`, and,
+  with ``activation_hooks``, :class:`~lightning_viz.core.hooks.PassedTracker` hooks on the weight layers
+  (``Conv*``, ``Linear``) and activation modules during the *training* forward of examined steps only: each
+  layer is measured on the tensor it passes on, after its non-linearity (an activation module, or a
+  functional one such as ``F.relu`` in ``forward``, told from the autograd graph), reduced to a few numbers;
+* update sizes: a copy of the trained weights (``ndim >= 2``) taken in ``on_before_optimizer_step`` of
+  examined steps, compared with the weights once that optimizer step is done;
 * loss: the monitored step value (a tensor Lightning already holds) is kept every step without a host sync
-  and examined at logging steps and epoch ends.
+  and examined at examined steps and epoch ends;
+* the first NaN/Inf: the loss is checked for NaN/Inf before the optimizer step (while the weights are still
+  finite) on examined steps, and on every step where that is free (one process, loss on the CPU) or where
+  ``nonfinite_every_step`` asks for it. At the first non-finite loss (or NaN/Inf gradients or activations)
+  one ``no_grad`` forward pass of the batch at hand, hooked on every module, names the first module whose
+  output holds NaN/Inf while its inputs are finite; the other non-finite findings say they follow from it.
 
-Every rank computes the same decisions: published records are already reduced, and this callback's own
-sums (activations, update sizes, losses) travel in one ``reduce_values`` call per logging step.
+Every rank computes the same decisions: published records are already reduced, this callback's own sums
+(activations, update sizes, losses) travel in one ``reduce_values`` call per examined step, and the
+per-step loss check agrees across ranks (one ``agree_any``) wherever it runs with several processes.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -30,9 +41,31 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from lightning_viz.core import distributed, stats
-from lightning_viz.core.activation_stats import NSUMS, output_sums, saturation_bounds, stats_from_sums
+from lightning_viz.core import distributed, precision, stats
+from lightning_viz.core.activation_stats import (
+    NSUMS,
+    first_tensor,
+    output_sums,
+    saturation_bounds,
+    stat_view,
+    stats_from_sums,
+)
 from lightning_viz.core.base import VizCallback, WhenFull, check_int, step_stem
+from lightning_viz.core.health_checks import (
+    NORMALISERS,
+    activation_flags,
+    depth_ratios,
+    first_nonfinite,
+    functional_activation,
+    loss_spikes,
+    plateau_improvement,
+    record_entries,
+    summary_text,
+    update_ratio,
+)
+from lightning_viz.core.hooks import ACTIVATION_TYPES, Passed, PassedTracker, is_activation
+from lightning_viz.core.model_input import model_input
+from lightning_viz.core.tensor_origin import Origin, locate_nonfinite, ops_between
 from lightning_viz.core.warn import VizWarning
 from lightning_viz.render.health import render_health
 
@@ -49,8 +82,9 @@ Check = Literal[
 CHECKS: tuple[str, ...] = Check.__args__  # type: ignore[attr-defined]
 MIN_SPIKE_HISTORY = 3
 MAX_LOSS_POINTS = 4000  # step losses kept for the figure (older ones thinned)
-RELU_LIKE = ("ReLU", "ReLU6", "Threshold")
-BOUNDED = ("Tanh", "Sigmoid", "Softsign", "Hardtanh", "Hardsigmoid")
+ACTIVATION_NAMES = frozenset(t.__name__ for t in ACTIVATION_TYPES)
+CLAIMED = "\0claimed"  # an activation module measured as its weight layer's passed-on tensor
+FLAGS = 3  # per hooked layer: taken after a non-linearity, bounds known, functional op unknown
 PATHOLOGY = {
     "dead_units": "dead units",
     "saturation": "saturated units",
@@ -64,71 +98,6 @@ PATHOLOGY = {
 }
 
 
-# ---------------------------------------------------------------------- the checks' arithmetic (pure)
-def activation_flags(
-    layers: Mapping[str, Mapping[str, float]], types: Mapping[str, str], dead: float, saturated: float
-) -> list[tuple[str, str, float]]:
-    """``(check, layer, value)`` for ReLU-like layers whose exact-zero fraction is ``>= dead`` and bounded
-    layers whose saturated fraction is ``>= saturated``, in the given layer order."""
-    out = []
-    for name, st in layers.items():
-        kind = types.get(name, "")
-        if kind in RELU_LIKE and st.get("dead_fraction", math.nan) >= dead:
-            out.append(("dead_units", name, float(st["dead_fraction"])))
-        if kind in BOUNDED and st.get("saturated_fraction", math.nan) >= saturated:
-            out.append(("saturation", name, float(st["saturated_fraction"])))
-    return out
-
-
-def depth_ratios(norms: Sequence[float]) -> np.ndarray:
-    """Each layer's gradient norm divided by the last (deepest) layer's; NaN when the last is 0, Inf or NaN."""
-    x = np.asarray(norms, dtype=np.float64)
-    if x.size == 0:
-        return x
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return x / x[-1] if 0 < x[-1] < math.inf else np.full_like(x, np.nan)
-
-
-def update_ratio(before_sq: np.ndarray, diff_sq: np.ndarray) -> np.ndarray:
-    """``||W_after - W_before|| / ||W_before||`` from the two sums of squares (NaN where ``W_before`` is 0)."""
-    b, d = np.asarray(before_sq, dtype=np.float64), np.asarray(diff_sq, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b > 0, np.sqrt(d) / np.sqrt(b), np.nan)
-
-
-def loss_spikes(history: Sequence[float], values: Sequence[float], factor: float, window: int) -> list[int]:
-    """Indices ``i`` of ``values`` with ``values[i] > factor * median(previous window finite values)``.
-
-    ``history`` holds the values before ``values`` (the window is filled from it first); a spike is judged
-    once ``min(window, 3)`` earlier finite values exist, and a spike does not enter the window.
-    """
-    recent = [v for v in history if math.isfinite(v)][-window:]
-    out = []
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
-            continue
-        if len(recent) >= min(window, MIN_SPIKE_HISTORY) and v > factor * float(np.median(recent)):
-            out.append(i)
-            continue
-        recent = [*recent[1 - window :], v] if window > 1 else [v]
-    return out
-
-
-def plateau_improvement(epoch_means: Sequence[float], patience: int) -> float | None:
-    """Relative improvement of the best epoch mean over the last ``patience`` epochs on the best before
-    them: ``(best_before - best_recent) / |best_before|``; ``None`` with fewer than ``patience + 1`` epochs."""
-    means = [m for m in epoch_means if math.isfinite(m)]
-    if len(means) < patience + 1:
-        return None
-    before, recent = min(means[:-patience]), min(means[-patience:])
-    return (before - recent) / abs(before) if before != 0 else (0.0 if recent >= before else math.inf)
-
-
-def first_nonfinite(names: Sequence[str], counts: Sequence[float]) -> tuple[str, int] | None:
-    """The first name (in order) whose count of NaN/Inf values is positive, and that count."""
-    return next(((n, int(c)) for n, c in zip(names, counts) if c > 0), None)
-
-
 def _check_positive(name: str, value: Any, upper: float | None = None) -> None:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
     if not ok or (upper is not None and value > upper):
@@ -136,22 +105,30 @@ def _check_positive(name: str, value: Any, upper: float | None = None) -> None:
         raise ValueError(f"`{name}` must be {span}; got {value!r}")
 
 
+def _weight_layer(module: nn.Module) -> bool:
+    return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+
+
 class TrainingHealthCallback(VizCallback):
     """Automatic training-health checks: dead and saturated units, vanishing and exploding gradients,
     update-to-weight ratios, NaN/Inf, loss spikes and plateaus, each named with its first affected layer.
 
     Each finding gives one ``VizWarning`` on rank 0 (once per check and layer, with the step), e.g.
-    ``TrainingHealthCallback: dead units: features.act1 at step 5: ...``; scalars ``health/<check>/<layer>``
-    go to the loggers on every examined step; ``health_stepNNNNNN.png`` (gradient norms across depth, update
-    ratios, activation fractions, and the loss with every finding marked; flagged layers in red) is drawn
-    every epoch; ``health_summary.txt`` and ``health_summary.json`` list the findings at fit end.
+    ``TrainingHealthCallback: dead units: features.conv1 (output of features.act1, ReLU) at step 5: ...``:
+    activation findings name the weight layer (``Conv*``/``Linear``) whose units they are, with the tensor
+    measured in parentheses (an activation module's output, or ``after F.relu`` for a functional one); the
+    first NaN/Inf finding names the module where they first appear in the forward pass. Scalars
+    ``health/<check>/<layer>`` go to the loggers on every examined step; ``health_stepNNNNNN.png`` (gradient
+    norms across depth, update ratios, activation fractions, and the loss with every finding marked; flagged
+    layers in red) is drawn every epoch; ``health_summary.txt`` and ``health_summary.json`` list the findings,
+    the layers that did not run, the parameters that do not train and those that started training later.
 
     Args:
-        every_n_steps: examine every N-th optimizer step; ``null`` follows ``trainer.log_every_n_steps``.
+        every_n_steps: examine every N-th step of each optimizer; ``null`` follows ``trainer.log_every_n_steps``.
         checks: which checks run (default: all): ``dead_units``, ``saturation``, ``vanishing_gradients``,
             ``exploding_gradients``, ``update_ratio``, ``nonfinite``, ``loss_spike``, ``loss_plateau``.
-        dead_threshold: a ReLU-like layer is dead when this fraction of its outputs, over the whole batch,
-            is exactly zero (a healthy ReLU has about half).
+        dead_threshold: a layer's units are dead when this fraction of the values it passes on after its
+            non-linearity, over the whole batch, is exactly zero (a healthy ReLU has about half).
         saturation_threshold: a tanh/sigmoid layer is saturated when this fraction of its outputs lies near
             its bounds.
         saturation_level: "near the bounds" for the hooked layers: ``|a - centre| >= level * half range``
@@ -171,7 +148,13 @@ class TrainingHealthCallback(VizCallback):
             ``plateau_tolerance`` (relative) over this many epochs.
         plateau_tolerance: smallest relative improvement over ``plateau_patience`` epochs.
         monitor: the logged step loss (``<monitor>`` or ``<monitor>_step``).
-        activation_hooks: hook the activation modules during the training forward of examined steps.
+        activation_hooks: hook the weight layers and activation modules during the training forward of
+            examined steps.
+        nonfinite_every_step: check the loss for NaN/Inf before every optimizer step, so that the layer
+            where NaN/Inf first appear is found while the weights are still finite, also between examined
+            steps. ``null``: wherever it is free (one process, loss on the CPU), else on examined steps only;
+            ``true``: every step, at the cost of one host synchronisation per step (and one small all-reduce
+            with several processes); ``false``: examined steps only.
         log_scalars: send the ``health/...`` scalars to the loggers.
         output_dir: where files go; default ``<trainer.log_dir>/viz/training_health``.
         when_full: when the background rendering queue is full: ``"wait"`` or ``"drop_oldest"``.
@@ -197,6 +180,7 @@ class TrainingHealthCallback(VizCallback):
         plateau_tolerance: float = 1e-3,
         monitor: str = "train_loss",
         activation_hooks: bool = True,
+        nonfinite_every_step: bool | None = None,
         log_scalars: bool = True,
         output_dir: str | None = None,
         when_full: WhenFull = "wait",
@@ -213,6 +197,10 @@ class TrainingHealthCallback(VizCallback):
         _check_positive("spike_factor", spike_factor)
         if isinstance(plateau_tolerance, bool) or not isinstance(plateau_tolerance, (int, float)):
             raise ValueError(f"`plateau_tolerance` must be a number; got {plateau_tolerance!r}")
+        if nonfinite_every_step not in (None, True, False):
+            raise ValueError(
+                f"`nonfinite_every_step` must be null, true or false; got {nonfinite_every_step!r}"
+            )
         bad = [c for c in checks or () if c not in CHECKS]
         if checks is not None and (isinstance(checks, str) or bad):
             raise ValueError(f"`checks` must be a list of {list(CHECKS)}; got {checks!r}")
@@ -225,23 +213,42 @@ class TrainingHealthCallback(VizCallback):
         self.spike_factor, self.spike_window = float(spike_factor), spike_window
         self.plateau_patience, self.plateau_tolerance = plateau_patience, float(plateau_tolerance)
         self.monitor, self.activation_hooks, self.log_scalars = monitor, activation_hooks, log_scalars
+        self.nonfinite_every_step = nonfinite_every_step
         self.findings: list[dict[str, Any]] = []
         self.unavailable: dict[str, str] = {}
+        self.notes: dict[str, str] = {}  # what a check could not see, said in the summary (not warned)
         self._flagged: set[tuple[str, str]] = set()
-        self._weights: list[tuple[str, torch.Tensor]] = []
-        self._act_modules: dict[str, nn.Module] = {}
+        self._watch: dict[str, nn.Module] = {}
         self._own_histograms = True
-        self._handles: list[Any] = []
-        self._hooked = False
+        self._manual = False
+        self._tracker: PassedTracker | None = None
+        self._hooked = False  # hooks were armed for the examination in progress (the same on every rank)
         self._acc: dict[str, torch.Tensor] = {}
-        self._step: int | None = None  # the examined step in progress
-        self._before: list[tuple[str, torch.Tensor, torch.Tensor, bool]] | None = None
+        self._meta: dict[str, str] = {}  # layer -> the tensor measured, in words
+        self._claim: tuple[str, int] | None = None
+        self._act_of: dict[str, str] = {}  # activation module -> the weight layer whose output it takes
+        self._fn_of: dict[str, str] = {}  # weight layer -> the functional activation after it
+        self._step: int | None = None  # the examination in progress (its label)
+        self._grads_done = False
+        self._opt_steps: dict[int, int] = {}  # manual optimization: steps taken by each optimizer
+        self._before: list[tuple[str, torch.Tensor, torch.Tensor, bool]] = []  # copies of an open step
+        self._upd: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # closed steps' sums of squares
         self._pending: list[tuple[int, torch.Tensor | None]] = []  # (step, loss or None) not yet examined
+        self._batch: Any = None  # the batch at hand (a reference, for the NaN locator)
+        self._stepped = False  # an optimizer step happened in this batch
+        self._origin: dict[str, Any] | None = None
+        self._origin_tried: set[int] = set()
+        self._ndim: dict[str, int] = {}
+        self._trains_since: dict[str, int] = {}  # parameter -> first examined step it trained at
+        self._frozen_at_start: set[str] | None = None
+        self._frozen: dict[str, int] = {}  # parameters that do not train (latest examined step) -> size
+        self._not_run: dict[str, int] = {}  # layer -> latest examined step it did not run at
+        self._skipped = 0  # GradScaler steps skipped (NaN/Inf gradients, expected)
         self._loss_steps: list[int] = []
         self._loss_values: list[float] = []
         self._epoch_losses: list[float] = []
         self._epoch_sum, self._epoch_count = 0.0, 0
-        self._first_total_grad: float | None = None
+        self._first_total_grad: dict[str, float] = {}
         self._latest: dict[str, Any] = {"grad": {}, "update": {}, "act": {}}
         self._drawn = -1
 
@@ -255,20 +262,24 @@ class TrainingHealthCallback(VizCallback):
         from lightning_viz.callbacks.weight_histogram import WeightHistogramCallback
 
         callbacks = list(trainer.callbacks)  # type: ignore[attr-defined]
-        self._weights = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        self._manual = not pl_module.automatic_optimization
+        # registration order = depth; ndim >= 2 marks a weight (published records are checked before the
+        # first own examination)
+        self._ndim = {distributed.clean_name(n): p.ndim for n, p in pl_module.named_parameters()}
         self._own_histograms = not any(
             isinstance(cb, WeightHistogramCallback) and cb.log_what == "both" and cb.layers is None
             for cb in callbacks
         )
-        types = RELU_LIKE + BOUNDED
-        self._act_modules = {n: m for n, m in pl_module.named_modules() if n and type(m).__name__ in types}
+        self._watch = {
+            n: m for n, m in pl_module.named_modules() if n and (_weight_layer(m) or is_activation(m))
+        }
         has_map = any(isinstance(cb, ActivationMapCallback) for cb in callbacks)
-        if not (self.activation_hooks and self._act_modules) and not has_map:
+        if not (self.activation_hooks and self._watch) and not has_map:
             why = (
                 "`activation_hooks` is off and no ActivationMapCallback is in the trainer"
                 if not self.activation_hooks
-                else "the model has no ReLU/Tanh/Sigmoid-like module to hook (functional activations are "
-                "not seen) and no ActivationMapCallback is in the trainer"
+                else "the model has no Conv/Linear or activation module to hook and no ActivationMapCallback "
+                "is in the trainer"
             )
             for check in ("dead_units", "saturation"):
                 if check in self.checks:
@@ -281,6 +292,13 @@ class TrainingHealthCallback(VizCallback):
                 stacklevel=2,
             )
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step == 0:  # a fresh run counts each optimizer's steps from zero
+            self._opt_steps = {}
+        elif self._manual and not self._opt_steps:  # resumed without the counts: assume alternating
+            n = max(1, len(trainer.optimizers))
+            self._opt_steps = dict.fromkeys(range(n), trainer.global_step // n)
+
     def _every(self, trainer: Trainer) -> int:
         return self.every_n_steps or max(1, int(trainer.log_every_n_steps))
 
@@ -288,55 +306,167 @@ class TrainingHealthCallback(VizCallback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, idx: int
     ) -> None:
-        step = trainer.global_step
-        if self._step is not None or step % self._every(trainer):
+        self._batch, self._stepped = batch, False
+        if self._step is not None:  # an examination still open (gradient accumulation)
             return
-        self._step, self._acc = step, {}
+        every = self._every(trainer)
+        if self._manual:  # due when some optimizer's own step count is (counters every rank shares)
+            due = any(self._opt_steps.get(i, 0) % every == 0 for i in range(max(1, len(trainer.optimizers))))
+        else:
+            due = trainer.global_step % every == 0
+        if not due:
+            return
+        self._step, self._acc, self._meta, self._grads_done = trainer.global_step, {}, {}, False
         # the same on every rank, so that every rank reduces the same rows
-        self._hooked = self.activation_hooks and bool(
-            {"dead_units", "saturation", "nonfinite"} & set(self.checks)
-        )
-        if self._hooked:
-            for name, module in self._act_modules.items():
-                self._handles.append(module.register_forward_hook(self._hook(name)))
+        if (
+            self.activation_hooks
+            and self._watch
+            and {"dead_units", "saturation", "nonfinite"} & set(self.checks)
+        ):
+            self._hooked, self._tracker = True, PassedTracker(pl_module, self._watch, self._on_passed)
+            self._tracker.attach()
 
-    def _hook(self, name: str) -> Any:
-        def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel():
-                vec = output_sums(output.detach(), saturation_bounds(module), self.saturation_level)
-                self._acc[name] = self._acc[name] + vec if name in self._acc else vec
+    def _on_passed(self, name: str, module: nn.Module, output: Any, passed: Passed) -> None:
+        """One call of a watched layer: reduce the tensor it passes on to sums (on its device)."""
+        t, bounds, flags = passed.tensor, None, [0.0, 0.0, 0.0]
+        if not is_activation(module) and passed.source == "activation":
+            kind, by = type(passed.module).__name__, passed.module_name
+            if by in self._watch:  # an activation module
+                self._claim, self._act_of[by] = (by, id(t)), name
+                desc = f"output of {by}, {kind}"
+            else:  # a functional one (F.relu in forward): the tracker names the function
+                self._fn_of[name], desc = by, f"after {by}"
+            bounds = saturation_bounds(passed.module)
+            flags[0] = float(kind not in NORMALISERS)
+        elif is_activation(module):
+            if self._claim == (name, id(t)):  # measured already, as the weight layer's passed-on tensor
+                self._meta.setdefault(name, CLAIMED)
+                return
+            desc, bounds = type(module).__name__, saturation_bounds(module)
+            flags[0] = float(type(module).__name__ not in NORMALISERS)
+        elif passed.source == "next_input":
+            out = first_tensor(output)
+            try:
+                ops = (
+                    ops_between(t, out)
+                    if isinstance(t, torch.Tensor) and isinstance(out, torch.Tensor)
+                    else None
+                )
+            except LookupError:  # no autograd graph to tell: trust the tracker
+                ops = []
+                flags[2] = 1.0
+            fn = functional_activation(ops) if ops is not None else None
+            if not ops and not flags[2]:  # not computed from this layer's output, or that very tensor
+                t, desc = out, "output"
+            elif fn is not None:
+                desc, bounds = f"after F.{fn[0]}", fn[1]
+                self._fn_of[name] = f"F.{fn[0]}"
+                flags[0] = 1.0
+            else:
+                desc = f"input of {passed.module_name}, {type(passed.module).__name__}"
+                flags[0] = 1.0
+        else:  # its own output: nothing after it ran (the model's output), no non-linearity known
+            desc = "output"
+        if not isinstance(t, torch.Tensor) or not t.numel():
+            return
+        flags[1] = float(bounds is not None)
+        vec = output_sums(stat_view(t), bounds, self.saturation_level)
+        vec = torch.cat([vec, torch.tensor(flags, dtype=vec.dtype, device=vec.device)])
+        if name in self._acc:
+            vec[:NSUMS] += self._acc[name][:NSUMS]
+            vec[NSUMS:] = torch.maximum(vec[NSUMS:], self._acc[name][NSUMS:])
+        self._acc[name] = vec
+        self._meta.setdefault(name, desc)
 
-        return hook
+    def _stop_hooks(self, finish: bool = True) -> None:
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            try:
+                if finish:
+                    tracker.finish()
+            finally:
+                tracker.detach()
+        self._claim = None
 
-    def _remove_hooks(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+    def _trained(
+        self, trainer: Trainer, pl_module: LightningModule, index: int | None, step: int
+    ) -> list[tuple[str, torch.Tensor]]:
+        """The parameters that train now (``requires_grad`` and in an optimizer; with ``index``, in that
+        one), re-read from the param groups; notes the frozen ones and those that started later."""
+        owners: dict[int, set[int]] = {}
+        for i, opt in enumerate(trainer.optimizers):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    owners.setdefault(id(p), set()).add(i)
+        params = [(distributed.clean_name(n), p) for n, p in pl_module.named_parameters()]
+        known = any(id(p) in owners for _, p in params)  # else a wrapper hides them: requires_grad decides
+        trains = {n: p.requires_grad and (id(p) in owners or not known) for n, p in params}
+        self._frozen = {n: int(p.numel()) for n, p in params if not trains[n]}
+        if self._frozen_at_start is None:
+            self._frozen_at_start = set(self._frozen)
+        for n, p in params:
+            self._ndim[n] = p.ndim
+            if trains[n]:
+                self._trains_since.setdefault(n, step)
+        return [
+            (n, p)
+            for n, p in params
+            if trains[n] and (index is None or index in owners.get(id(p), {0}) or not known)
+        ]
 
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self._step is None or self._step != trainer.global_step or self._before is not None:
+        self._close_updates()  # the previous optimizer step of this batch is done
+        first, self._stepped = not self._stepped, True
+        if first:
+            self._check_loss(trainer, pl_module, examined=self._step is not None)
+        index = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
+        if self._manual:  # trainer.global_step counts the steps of every optimizer: count each one's own
+            own = self._opt_steps.get(index, 0)
+            self._opt_steps[index] = own + 1
+            due = own % self._every(trainer) == 0
+        else:
+            due = self._step == trainer.global_step and not self._grads_done
+            if due:
+                self._grads_done = True
+                self._stop_hooks()  # the forward (and backward) of this step are done
+        if not due:
             return
-        self._remove_hooks()  # the forward (and backward) of this step are done
-        if self._own_histograms:
-            names = [f"weights/{n}" for n, _ in self._weights] + [f"gradients/{n}" for n, _ in self._weights]
-            tensors = [p for _, p in self._weights] + [p.grad for _, p in self._weights]
-            hs, failed = stats.histogram_set(tensors, names, 2)
+        step = trainer.global_step
+        params = self._trained(trainer, pl_module, index if self._manual else None, step)
+        if self._own_histograms and params:
+            names = [f"weights/{n}" for n, _ in params] + [f"gradients/{n}" for n, _ in params]
+            tensors = [p for _, p in params] + [p.grad for _, p in params]
+            scale = precision.grad_scale(trainer, optimizer)  # fused optimizers: still scaled here
+            scales = [None] * len(params) + [scale] * len(params)
+            hs, failed = precision.histogram_set(tensors, names, 2, scales)
             if not failed:
-                self._on_histograms(trainer, self._step, hs)
+                self._on_histograms(trainer, step, hs)
         if "update_ratio" in self.checks:
-            self._before = []
-            for name, p in self._weights:
+            for name, p in params:
                 if p.ndim >= 2 and p.grad is not None:
                     local, contributes = distributed.local_view(p)
                     self._before.append((name, p, local.detach().clone(), contributes))
 
+    def _close_updates(self) -> None:
+        """Sums of squares of the weights before and of the change, once their optimizer step is done."""
+        for name, p, old, contributes in self._before:
+            if contributes:
+                new, o = distributed.local_view(p)[0].detach().double(), old.double()
+                self._upd.append((name, o.square().sum(), (new - o).square().sum()))
+            else:
+                zero = torch.zeros((), dtype=torch.float64, device=old.device)
+                self._upd.append((name, zero, zero))
+        self._before = []
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any
     ) -> None:
+        if self._manual or not self._stepped:  # the loss may be logged after the steps / no step yet
+            self._check_loss(trainer, pl_module, examined=False)
         self._keep_loss(trainer)
-        if self._step is not None and trainer.global_step > self._step:
+        if self._step is not None and (self._manual or trainer.global_step > self._step):
             self._examine(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -362,36 +492,116 @@ class TrainingHealthCallback(VizCallback):
                     )
         self._draw(trainer)
 
-    def _keep_loss(self, trainer: Trainer) -> None:
-        if not {"loss_spike", "loss_plateau", "nonfinite"} & set(self.checks):
-            return
+    def _loss_tensor(self, trainer: Trainer) -> torch.Tensor | None:
         results = getattr(trainer, "_results", None)
         metrics = results.metrics(True)["callback"] if results is not None else {}
         value = metrics.get(self.monitor, metrics.get(f"{self.monitor}_step"))
-        if isinstance(value, torch.Tensor):
-            self._pending.append((trainer.global_step - 1, value.detach().reshape(-1)[:1].to(torch.float64)))
+        return value.detach().reshape(-1)[:1] if isinstance(value, torch.Tensor) and value.numel() else None
+
+    def _keep_loss(self, trainer: Trainer) -> None:
+        if not {"loss_spike", "loss_plateau", "nonfinite"} & set(self.checks):
+            return
+        value = self._loss_tensor(trainer)
+        self._pending.append((trainer.global_step - 1, None if value is None else value.to(torch.float64)))
+
+    def _check_loss(self, trainer: Trainer, pl_module: LightningModule, examined: bool) -> None:
+        """Before the optimizer step: a non-finite loss sends the NaN locator over the batch at hand.
+
+        Runs on examined steps, and on every step where ``nonfinite_every_step`` says so (``null``: one
+        process with the loss on the CPU, where the check costs no device synchronisation)."""
+        if "nonfinite" not in self.checks or self._origin is not None:
+            return
+        several = distributed.world_size() > 1
+        value = self._loss_tensor(trainer)
+        every = self.nonfinite_every_step
+        if every is None:
+            every = not several and value is not None and value.device.type == "cpu"
+        if not (every or examined):
+            return
+        bad = value is not None and not bool(torch.isfinite(value).all())
+        if several:  # every rank calls it: examined steps and the argument are the same everywhere
+            bad = distributed.agree_any(bad)
+        if bad:
+            self._locate(trainer, pl_module, trainer.global_step, "the loss is not finite")
+
+    def _locate(self, trainer: Trainer, pl_module: LightningModule, step: int, why: str) -> None:
+        """Every rank alike: one hooked forward pass of the batch at hand names where NaN/Inf first appear."""
+        if self._origin is not None or step in self._origin_tried or "nonfinite" not in self.checks:
+            return
+        self._origin_tried.add(step)
+        found: Origin | None = None
+        inp = model_input(self._batch, pl_module) if self._batch is not None else None
+        if inp is None or distributed.is_fsdp1_wrapped(pl_module):
+            self.notes["origin"] = "the module where NaN/Inf first appear could not be looked for: " + (
+                "FSDP1 units run only from the root" if inp is not None else "the batch cannot feed the model"
+            )
         else:
-            self._pending.append((trainer.global_step - 1, None))  # not logged at this step
+            try:
+                plugin = getattr(trainer, "precision_plugin", None)
+                found = locate_nonfinite(pl_module, inp, getattr(plugin, "forward_context", None))
+            except Exception as err:  # the pass is ours: a failure must not end training
+                self.notes["origin"] = f"the forward pass looking for the first NaN/Inf failed: {err!r}"
+        if distributed.world_size() > 1:  # the earliest over ranks, the same everywhere
+            hits = [h for h in distributed.gather_objects(found) if h is not None]
+            found = min(hits, key=lambda h: h.order) if hits else None
+        if found is None:
+            self.notes.setdefault(
+                "origin",
+                f"at step {step} {why}, but a forward pass of the batch is finite: the NaN/Inf arise in the loss "
+                "or in the backward pass",
+            )
+            return
+        layer = "batch" if found.name is None else (found.name or "forward")
+        if found.name is None:
+            detail = f"the input batch holds {found.count} NaN/Inf values ({why})"
+        else:
+            detail = (
+                f"first non-finite output in the forward pass: {layer} ({found.kind}): its inputs are finite, "
+                f"its output holds {found.count} NaN/Inf values ({why})"
+            )
+        if found.own_params_nonfinite:
+            first = self._first_bad_loss()
+            detail += (
+                "; its own parameters already hold NaN/Inf: the values went non-finite at an earlier step"
+                + (f" (the loss first at step {first})" if first is not None else "")
+                + " between examined steps; set `nonfinite_every_step: true` to catch it while the weights "
+                "are finite"
+            )
+        self._origin = {"layer": layer, "step": int(step), "kind": found.kind}
+        self._flag(trainer, "nonfinite", layer, step, found.count, 0.0, detail, key="origin")
+
+    def _first_bad_loss(self) -> int | None:
+        kept = [(s, v) for s, v in self._pending if v is not None]
+        if not kept:
+            return None
+        values = torch.cat([v.to(kept[0][1].device) for _, v in kept]).cpu().tolist()
+        return next((s for (s, _), v in zip(kept, values) if not math.isfinite(v)), None)
+
+    def _follows(self) -> str:
+        o = self._origin
+        if o is None:
+            return ""
+        return f" (follows from the first non-finite output in the forward pass: {o['layer']} at step {o['step']})"
 
     def _examine(self, trainer: Trainer) -> None:
         """Every rank: one reduce of the own sums, then the same decisions everywhere."""
-        self._remove_hooks()
-        step, before, pending = self._step, self._before or [], self._pending
+        self._stop_hooks()
+        self._close_updates()
+        step, upd, pending = self._step, self._upd, self._pending
         if step is None and not pending:
             return
-        acc, self._acc = self._acc, {}
-        names = list(self._act_modules) if self._hooked and step is not None else []
-        self._step, self._before, self._pending, self._hooked = None, None, [], False
-        act = torch.zeros(len(names), NSUMS, dtype=torch.float64)
+        acc, meta, self._acc = self._acc, self._meta, {}
+        names = list(self._watch) if self._hooked and step is not None else []
+        self._step, self._upd, self._pending, self._hooked = None, [], [], False
+        act = torch.zeros(len(names), NSUMS + FLAGS, dtype=torch.float64)
         for i, n in enumerate(names):
             if n in acc:
                 act[i] = acc[n].cpu()
-        upd = torch.zeros(len(before), 2, dtype=torch.float64)
-        for i, (_, p, old, contributes) in enumerate(before):
-            if contributes:
-                new = distributed.local_view(p)[0].detach()
-                upd[i, 0] = old.double().square().sum()
-                upd[i, 1] = (new.double() - old.double()).square().sum()
+        u = torch.zeros(len(upd), 2, dtype=torch.float64)
+        if upd:  # one host copy for all the weights
+            u = torch.stack(
+                [torch.stack([b.to(upd[0][1].device), d.to(upd[0][1].device)]) for _, b, d in upd]
+            )
         loss = torch.zeros(0, dtype=torch.float64)
         kept = [v for _, v in pending if v is not None]
         if kept:  # one host copy for all the kept step losses; a missing value is NaN
@@ -401,72 +611,103 @@ class TrainingHealthCallback(VizCallback):
         elif pending:
             loss = torch.full((len(pending),), math.nan, dtype=torch.float64)
         red, failed = distributed.reduce_values(
-            {"act": act, "upd": upd, "loss": loss}, {"act": "sum", "upd": "sum", "loss": "mean"}
+            {"act": act[:, :NSUMS], "flags": act[:, NSUMS:], "upd": u.cpu(), "loss": loss},
+            {"act": "sum", "flags": "max", "upd": "sum", "loss": "mean"},
         )
         if failed:
             return
         at = step if step is not None else trainer.global_step
         scalars: dict[str, float] = {}
         if names:
-            layers = {
-                n: stats_from_sums(row.tolist(), saturation_bounds(self._act_modules[n]) is not None)
-                for n, row in zip(names, red["act"].cpu())
-            }
-            types = {n: type(self._act_modules[n]).__name__ for n in names}
-            self._on_activations(trainer, at, layers, types, red["act"][:, 6].cpu().numpy(), scalars)
-        if before:
-            ratios = update_ratio(*red["upd"].cpu().numpy().T)
-            self._on_updates(trainer, at, [b[0] for b in before], ratios, scalars)
+            self._on_own_activations(trainer, at, names, red["act"].cpu(), red["flags"].cpu(), meta, scalars)
+        if upd:
+            b, d = red["upd"].cpu().numpy().T
+            ratios = update_ratio(b, d)
+            if precision.has_grad_scaler(trainer):  # an exact zero change: a step the scaler skipped
+                ratios = np.where(d == 0, np.nan, ratios)
+            self._on_updates(trainer, at, [n for n, _, _ in upd], ratios, scalars)
         if pending:
             present = [v is not None for _, v in pending]
             values = [v for v, ok in zip(red["loss"].cpu().tolist(), present) if ok]
             self._on_losses(trainer, [s for (s, _), ok in zip(pending, present) if ok], values, scalars)
         self._scalars(trainer, scalars, at)
 
+    def _on_own_activations(
+        self,
+        trainer: Trainer,
+        step: int,
+        names: list[str],
+        sums: torch.Tensor,
+        flags: torch.Tensor,
+        meta: Mapping[str, str],
+        scalars: dict[str, float],
+    ) -> None:
+        entries, unknown = [], []
+        for n, row, fl in zip(names, sums.tolist(), flags.tolist()):
+            after, bounded, blind = (v > 0 for v in fl)
+            st = stats_from_sums(row, bounded)
+            if not st["ran"]:
+                if meta.get(n) != CLAIMED:  # ran, reported under the weight layer before it
+                    self._not_run[n] = step
+                continue
+            self._not_run.pop(n, None)
+            if blind and not bounded:
+                unknown.append(n)
+            entries.append(
+                {
+                    "layer": n,
+                    "tensor": meta.get(n, "output"),
+                    "dead": st["dead_fraction"] if after else None,
+                    "saturated": st["saturated_fraction"] if bounded else None,
+                    "nonfinite": st["nonfinite"],
+                    "values": st["values"],
+                }
+            )
+        if unknown and "saturation" in self.checks:
+            self.notes["saturation"] = (
+                f"not checked for {unknown[:8]}: the functional code after them could not be told "
+                "(no autograd graph), so their bounds are unknown"
+            )
+        self._on_activations(trainer, step, entries, scalars)
+
     # ------------------------------------------------------------------ published records (every rank)
     def on_viz_record(self, trainer: Trainer, source: Any, kind: str, step: int, payload: Any) -> None:
         if kind == "histograms" and not self._own_histograms:
             self._on_histograms(trainer, step, payload)
-        elif kind == "activation_stats":
-            types = payload.get("_types", {})
-            layers = {
-                n: st for n, st in payload.items() if n != "_types" and types.get(n) in RELU_LIKE + BOUNDED
-            }
-            nan_layers = [
-                n for n, st in payload.items() if n != "_types" and not math.isfinite(st.get("mean", 0.0))
-            ]
+        elif kind == "activation_stats" and isinstance(payload, Mapping):
             scalars: dict[str, float] = {}
-            self._on_activations(trainer, step, layers, types, np.zeros(len(layers)), scalars)
-            if nan_layers and "nonfinite" in self.checks:
-                self._flag(
-                    trainer,
-                    "nonfinite",
-                    nan_layers[0],
-                    step,
-                    math.nan,
-                    0.0,
-                    "every output of the sample batch is NaN/Inf (activations)",
-                )
+            self._on_activations(trainer, step, self._record_entries(payload, step), scalars)
             self._scalars(trainer, scalars, step)
+
+    def _record_entries(self, payload: Mapping[str, Any], step: int) -> list[dict[str, Any]]:
+        """Activation entries from an ActivationMapCallback record; notes the layers that did not run."""
+        entries, not_run, unknown = record_entries(payload, ACTIVATION_NAMES, self._act_of, self._fn_of)
+        for name in not_run:
+            self._not_run.setdefault(name, step)
+        if unknown and "saturation" in self.checks and not self.notes.get("saturation"):
+            self.notes["saturation"] = (
+                f"not checked for {unknown[:8]} (ActivationMapCallback records): they pass their outputs "
+                "through functional code whose bounds are unknown"
+            )
+        return entries
 
     # ------------------------------------------------------------------ decisions (every rank)
     def _on_activations(
-        self,
-        trainer: Trainer,
-        step: int,
-        layers: Mapping[str, Mapping[str, float]],
-        types: Mapping[str, str],
-        nonfinite: np.ndarray,
-        scalars: dict[str, float],
+        self, trainer: Trainer, step: int, entries: list[dict[str, Any]], scalars: dict[str, float]
     ) -> None:
-        for name, st in layers.items():
-            key = "dead_fraction" if types.get(name) in RELU_LIKE else "saturated_fraction"
-            if math.isfinite(st.get(key, math.nan)):
-                scalars[f"health/{key}/{name}"] = st[key]
-                self._latest["act"][name] = (key, float(st[key]))
-        for check, name, value in activation_flags(
-            layers, types, self.dead_threshold, self.saturation_threshold
-        ):
+        desc = {e["layer"]: e["tensor"] for e in entries}
+        for e in entries:
+            for key, stat in (("dead_fraction", e["dead"]), ("saturated_fraction", e["saturated"])):
+                if stat is not None and math.isfinite(stat):
+                    scalars[f"health/{key}/{e['layer']}"] = float(stat)
+            shown = (
+                ("saturated_fraction", e["saturated"])
+                if e["saturated"] is not None
+                else ("dead_fraction", e["dead"])
+            )
+            if shown[1] is not None and math.isfinite(shown[1]):
+                self._latest["act"][e["layer"]] = (shown[0], float(shown[1]))
+        for check, name, value in activation_flags(entries, self.dead_threshold, self.saturation_threshold):
             if check not in self.checks:
                 continue
             limit = self.dead_threshold if check == "dead_units" else self.saturation_threshold
@@ -478,23 +719,43 @@ class TrainingHealthCallback(VizCallback):
                 step,
                 value,
                 limit,
-                f"{value:.1%} of its outputs are {what} (threshold {limit:.0%})",
+                f"{value:.1%} of the values it passes on are {what} (threshold {limit:.0%})",
+                tensor=desc[name],
             )
-        hit = first_nonfinite(list(layers), nonfinite)
+        hit = next((e for e in entries if e["nonfinite"] > 0), None)
         if hit and "nonfinite" in self.checks:
+            self._locate(trainer, trainer.lightning_module, step, "activations hold NaN/Inf")
+            n = hit["nonfinite"]
+            what = "every value of the batch is NaN/Inf" if hit["values"] == 0 else f"{n} NaN/Inf values"
             self._flag(
-                trainer, "nonfinite", hit[0], step, hit[1], 0.0, f"{hit[1]} NaN/Inf activations (first layer)"
+                trainer,
+                "nonfinite",
+                hit["layer"],
+                step,
+                n,
+                0.0,
+                f"{what} in the tensor it passes on (first layer in model order){self._follows()}",
+                key=f"activations:{hit['layer']}",
+                tensor=hit["tensor"],
             )
 
     def _on_histograms(self, trainer: Trainer, step: int, hs: stats.HistogramSet) -> None:
-        ndim = {n: p.ndim for n, p in self._weights}
+        grad_idx = [i for i, n in enumerate(hs.names) if n.startswith("gradients/")]
+        if precision.has_grad_scaler(trainer) and any(hs.nonfinite[i] for i in grad_idx):
+            self._skipped += 1  # the scaler skips this step and lowers its scale: expected, not a finding
+            grad_idx = []
+        sels = {
+            "weights": [i for i, n in enumerate(hs.names) if n.startswith("weights/")],
+            "gradients": grad_idx,
+        }
         if "nonfinite" in self.checks:
             for sel in ("weights", "gradients"):
-                idx = [i for i, n in enumerate(hs.names) if n.startswith(f"{sel}/")]
+                idx = sels[sel]
                 hit = first_nonfinite(
                     [hs.names[i].split("/", 1)[1] for i in idx], [hs.nonfinite[i] for i in idx]
                 )
                 if hit:
+                    self._locate(trainer, trainer.lightning_module, step, f"its {sel} hold NaN/Inf")
                     self._flag(
                         trainer,
                         "nonfinite",
@@ -502,31 +763,36 @@ class TrainingHealthCallback(VizCallback):
                         step,
                         hit[1],
                         0.0,
-                        f"{hit[1]} NaN/Inf values in its {sel[:-1]} (the first layer affected)",
+                        f"{hit[1]} NaN/Inf values in its {sel[:-1]} (the first parameter affected in model "
+                        f"order){self._follows()}",
                         key=f"{sel}:{hit[0]}",
                     )
         # a gradient holding NaN/Inf counts as an infinite norm (the end point of an explosion)
         grads = [
-            (n.split("/", 1)[1], math.inf if hs.nonfinite[i] else float(hs.norm[i]))
-            for i, n in enumerate(hs.names)
-            if n.startswith("gradients/") and hs.numel[i] > 0
+            (hs.names[i].split("/", 1)[1], math.inf if hs.nonfinite[i] else float(hs.norm[i]))
+            for i in grad_idx
+            if hs.numel[i] > 0
         ]
         scalars: dict[str, float] = {
-            f"health/nonfinite/{n}": float(c) for n, c in zip(hs.names, hs.nonfinite) if c > 0
+            f"health/nonfinite/{hs.names[i]}": float(hs.nonfinite[i])
+            for i in sels["weights"] + grad_idx
+            if hs.nonfinite[i] > 0
         }
         if self._own_histograms:  # else WeightHistogramCallback logs them as grad_norm/<param>
             scalars.update({f"health/grad_norm/{n}": v for n, v in grads})
         if not grads:
             self._scalars(trainer, scalars, step)
             return
-        self._latest["grad"] = dict(grads)
+        if not self._manual:
+            self._latest["grad"] = {}
+        self._latest["grad"].update(dict(grads))
         self._latest["grad_step"] = step
+        ndim = self._ndim
         deepest = [v for n, v in grads if ndim.get(n, 2) >= 2][-1:]
         self._latest["vanishing_below"] = self.vanishing_ratio * deepest[0] if deepest else None
         total = math.sqrt(sum(v * v for _, v in grads))
         if "exploding_gradients" in self.checks:
-            if self._first_total_grad is None and total > 0:
-                self._first_total_grad = total
+            first = self._first_total_grad.setdefault(grads[0][0], total) if total > 0 else None
             big = [(n, v) for n, v in grads if v > self.exploding_norm]
             for n, v in big:
                 self._flag(
@@ -538,8 +804,8 @@ class TrainingHealthCallback(VizCallback):
                     self.exploding_norm,
                     f"gradient norm {v:.3g} > {self.exploding_norm:.3g}",
                 )
-            if not big and self._first_total_grad and total > self.exploding_growth * self._first_total_grad:
-                growth = total / self._first_total_grad
+            if not big and first and total > self.exploding_growth * first:
+                growth = total / first
                 self._flag(
                     trainer,
                     "exploding_gradients",
@@ -607,7 +873,14 @@ class TrainingHealthCallback(VizCallback):
             return
         bad = next(((s, v) for s, v in zip(steps, values) if not math.isfinite(v)), None)
         if bad and "nonfinite" in self.checks:
-            self._flag(trainer, "nonfinite", self.monitor, bad[0], bad[1], 0.0, f"the loss is {bad[1]}")
+            self._locate(
+                trainer,
+                trainer.lightning_module,
+                trainer.global_step,
+                f"the loss was {bad[1]} at step {bad[0]}",
+            )
+            detail = f"the loss is {bad[1]}{self._follows()}"
+            self._flag(trainer, "nonfinite", self.monitor, bad[0], bad[1], 0.0, detail)
         if "loss_spike" in self.checks:
             for i in loss_spikes(self._loss_values, values, self.spike_factor, self.spike_window):
                 prior = [v for v in self._loss_values + values[:i] if math.isfinite(v)][-self.spike_window :]
@@ -646,18 +919,22 @@ class TrainingHealthCallback(VizCallback):
         limit: float,
         detail: str,
         key: str | None = None,
+        tensor: str | None = None,
     ) -> None:
-        """Record a finding once per (check, layer); warn on rank 0."""
+        """Record a finding once per (check, layer); warn on rank 0. ``tensor`` says which tensor of the
+        layer was measured (shown in parentheses after its name)."""
         ident = (check, key or layer)
         if ident in self._flagged:
             return
         self._flagged.add(ident)
-        message = f"TrainingHealthCallback: {PATHOLOGY[check]}: {layer} at step {step}: {detail}."
+        named = f"{layer} ({tensor})" if tensor else layer
+        message = f"TrainingHealthCallback: {PATHOLOGY[check]}: {named} at step {step}: {detail}."
         self.findings.append(
             {
                 "check": check,
                 "pathology": PATHOLOGY[check],
                 "layer": layer,
+                "tensor": tensor,
                 "step": int(step),
                 "epoch": int(trainer.current_epoch),
                 "value": float(value),
@@ -689,7 +966,20 @@ class TrainingHealthCallback(VizCallback):
             "findings": [dict(f) for f in self.findings],
             "flagged": {k: sorted(v) for k, v in flagged.items()},
             "thresholds": self.thresholds(),
+            "not_run": sorted(self._not_run),
+            "frozen": {
+                "tensors": len(self._frozen),
+                "values": sum(self._frozen.values()),
+                "names": list(self._frozen)[:12],
+            },
+            "started_later": self.started_later(),
         }
+
+    def started_later(self) -> dict[str, int]:
+        """Parameters that did not train at the first examined step and did later: name -> first examined
+        step they trained at."""
+        start = self._frozen_at_start or set()
+        return {n: s for n, s in self._trains_since.items() if n in start}
 
     def thresholds(self) -> dict[str, float]:
         names = (
@@ -726,18 +1016,33 @@ class TrainingHealthCallback(VizCallback):
             )
 
     def summary_text(self) -> str:
-        lines = [f"training health: {len(self.findings)} finding(s)"]
-        lines += [f"  step {f['step']:>6}  {f['message']}" for f in self.findings] or ["  no problem found"]
-        lines += [f"  unavailable: {k}: {v}" for k, v in self.unavailable.items()]
-        return "\n".join(lines) + "\n"
+        """The findings, then what the checks could not see: checks unavailable, layers that did not run,
+        parameters that do not train and those that started training later."""
+        return summary_text(
+            self.findings,
+            {
+                **{f"unavailable: {k}": v for k, v in self.unavailable.items()},
+                **{f"note: {k}": v for k, v in self.notes.items()},
+            },
+            sorted(self._not_run),
+            self._frozen,
+            self.started_later(),
+            self._skipped,
+        )
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._remove_hooks()
+        self._stop_hooks(finish=False)
+        self._batch = None
         self._draw(trainer)
         step = trainer.global_step
         payload = {
             "findings": self.findings,
             "unavailable": self.unavailable,
+            "notes": self.notes,
+            "not_run": sorted(self._not_run),
+            "frozen": dict(self._frozen),
+            "started_later": self.started_later(),
+            "gradscaler_skipped_steps": self._skipped,
             "thresholds": self.thresholds(),
         }
         self.emit_text(trainer, f"viz/{self.viz_name}/summary", self.summary_text(), step, "health_summary")
@@ -745,11 +1050,12 @@ class TrainingHealthCallback(VizCallback):
         super().on_fit_end(trainer, pl_module)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._remove_hooks()
+        self._stop_hooks(finish=False)
         super().on_exception(trainer, pl_module, exception)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._remove_hooks()
+        self._stop_hooks(finish=False)
+        self._batch = None
         super().teardown(trainer, pl_module, stage)
 
     # ------------------------------------------------------------------ state
@@ -758,6 +1064,10 @@ class TrainingHealthCallback(VizCallback):
             "findings": [dict(f) for f in self.findings],
             "flagged": sorted(list(k) for k in self._flagged),
             "epoch_losses": list(self._epoch_losses),
+            "opt_steps": {str(k): v for k, v in self._opt_steps.items()},
+            "trains_since": dict(self._trains_since),
+            "frozen_at_start": sorted(self._frozen_at_start or ()),
+            "origin": self._origin,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -766,3 +1076,8 @@ class TrainingHealthCallback(VizCallback):
         flagged = state_dict.get("flagged") or [(f["check"], f["layer"]) for f in self.findings]
         self._flagged = {(str(c), str(k)) for c, k in flagged}
         self._epoch_losses = [float(v) for v in state_dict.get("epoch_losses", [])]
+        self._opt_steps = {int(k): int(v) for k, v in state_dict.get("opt_steps", {}).items()}
+        self._trains_since = {str(k): int(v) for k, v in state_dict.get("trains_since", {}).items()}
+        start = state_dict.get("frozen_at_start")
+        self._frozen_at_start = set(start) if start is not None and "trains_since" in state_dict else None
+        self._origin = state_dict.get("origin")

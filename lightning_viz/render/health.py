@@ -29,6 +29,10 @@ def _empty(ax: Axes, title: str, note: str) -> None:
     ax.set_yticks([])
 
 
+def _note(ax: Axes, text: str) -> None:
+    ax.text(0.01, 0.98, text, transform=ax.transAxes, fontsize=7, va="top", color="grey")
+
+
 def _bars(
     ax: Axes,
     values: Mapping[str, float],
@@ -90,7 +94,9 @@ def render_health(data: Mapping[str, Any]) -> Figure:
             weight's gradient vanishes, or ``None``), ``update_ratios`` {param: ratio},
             ``activations`` {layer: [stat name, value]}, ``loss_steps``, ``loss_values``, ``findings``
             (dicts with ``check``, ``pathology``, ``layer``, ``step``), ``flagged`` {check: [layers]},
-            ``thresholds`` (the callback's thresholds by argument name).
+            ``thresholds`` (the callback's thresholds by argument name); optional ``frozen``
+            (``tensors``, ``names``: parameters that do not train) and ``not_run`` (layers that did not run),
+            noted in grey on the gradient and activation panels.
     """
     flagged = {k: set(v) for k, v in data.get("flagged", {}).items()}
     th = data.get("thresholds", {})
@@ -118,6 +124,13 @@ def render_health(data: Mapping[str, Any]) -> Figure:
     notes.append(_bars(axes[1, 0], labels, bad_labels, title, log=False, lines=lines))
     if labels:
         axes[1, 0].set_ylim(0, 1.05)
+    frozen = data.get("frozen") or {}
+    if frozen.get("tensors"):
+        names = ", ".join(frozen.get("names", [])[:4]) + (", ..." if frozen["tensors"] > 4 else "")
+        _note(axes[0, 0], f"{frozen['tensors']} parameter tensors do not train: {names}")
+    not_run = list(data.get("not_run") or [])
+    if not_run:
+        _note(axes[1, 0], f"not run: {', '.join(not_run[:4])}" + (", ..." if len(not_run) > 4 else ""))
     listing = _timeline(axes[1, 1], data.get("loss_steps", []), data.get("loss_values", []), findings)
     notes.append(Room())
     rooms = [

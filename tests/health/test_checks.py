@@ -12,6 +12,7 @@ from lightning_viz.callbacks.training_health import (
     activation_flags,
     depth_ratios,
     first_nonfinite,
+    functional_activation,
     loss_spikes,
     plateau_improvement,
     update_ratio,
@@ -20,20 +21,42 @@ from lightning_viz.render import close_figure
 from lightning_viz.render.health import BAD_COLOUR, OK_COLOUR, render_health
 
 
-def test_activation_flags_dead_and_saturated_by_layer_type():
-    layers = {
-        "a": {"dead_fraction": 0.95, "saturated_fraction": math.nan},  # ReLU: 95% zeros >= 0.9: dead
-        "b": {"dead_fraction": 0.5, "saturated_fraction": math.nan},  # ReLU: half zeros is normal
-        "c": {"dead_fraction": 0.0, "saturated_fraction": 0.6},  # Tanh: 60% at the bounds >= 0.5
-        "d": {"dead_fraction": 0.99, "saturated_fraction": 0.1},  # Tanh: zeros do not make a tanh dead
-        "e": {"dead_fraction": 1.0, "saturated_fraction": math.nan},  # Conv2d: no check applies
-    }
-    types = {"a": "ReLU", "b": "ReLU", "c": "Tanh", "d": "Tanh", "e": "Conv2d"}
-    assert activation_flags(layers, types, dead=0.9, saturated=0.5) == [
+def test_activation_flags_dead_after_any_nonlinearity_saturated_with_known_bounds():
+    def entry(layer, dead, saturated):
+        return {
+            "layer": layer,
+            "tensor": "t",
+            "dead": dead,
+            "saturated": saturated,
+            "nonfinite": 0,
+            "values": 9,
+        }
+
+    entries = [
+        entry("a", 0.95, None),  # after a ReLU: 95% zeros >= 0.9: dead
+        entry("b", 0.5, None),  # after a ReLU: half zeros is normal
+        entry("c", 0.0, 0.6),  # after a tanh: 60% at the bounds >= 0.5
+        entry("d", 0.99, 0.1),  # after a tanh: 99% exact zeros (its inputs are zero): dead too
+        entry("e", None, None),  # a raw Conv2d output (no non-linearity after it): no check applies
+        entry("f", math.nan, math.nan),  # nothing finite to judge
+    ]
+    assert activation_flags(entries, dead=0.9, saturated=0.5) == [
         ("dead_units", "a", 0.95),
         ("saturation", "c", 0.6),
+        ("dead_units", "d", 0.99),
     ]
-    assert activation_flags(layers, types, dead=0.96, saturated=0.7) == []
+    assert activation_flags(entries, dead=0.995, saturated=0.7) == []
+
+
+def test_functional_activation_from_autograd_nodes():
+    assert functional_activation(
+        ["ConvolutionBackward0", "ReluBackward0", "MaxPool2DWithIndicesBackward0"]
+    ) == (
+        "relu",
+        None,
+    )
+    assert functional_activation(["AddmmBackward0", "TanhBackward0"]) == ("tanh", (-1.0, 1.0))
+    assert functional_activation(["ViewBackward0"]) is None
 
 
 def test_depth_ratios_divide_by_the_deepest_layer():

@@ -27,12 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 PREFIX = "TrainingHealthCallback: "
 
-# pathology config -> (pathology named in the warning, first affected layer)
+# pathology config -> (pathology named in the warning, first affected layer): an activation finding names the
+# weight layer, with the tensor measured (the activation module's output) in parentheses
 PLANTED = {
-    "dead_relu": ("dead units", "features.act1"),
+    "dead_relu": ("dead units", "features.conv1 (output of features.act1, ReLU)"),
     "vanishing": ("vanishing gradients", "features.conv1.weight"),
     "exploding": ("exploding gradients", "classifier.fc1.weight"),
-    "saturation": ("saturated units", "features.act1"),
+    "saturation": ("saturated units", "features.conv1 (output of features.act1, Tanh)"),
     "tiny_lr": ("negligible updates", "features.conv1.weight"),
 }
 
@@ -92,9 +93,9 @@ def test_planted_pathology_is_named_with_its_first_layer(tmp_path, pathology):
     events = read_events(viz.parents[1])
     assert f"health/update_ratio/{PLANTED['tiny_lr'][1]}" in events.Tags()["scalars"]
     if pathology == "dead_relu":  # every ReLU output is exactly zero
-        assert events.Scalars(f"health/dead_fraction/{layer}")[0].value == 1.0
+        assert events.Scalars("health/dead_fraction/features.conv1")[0].value == 1.0
     if pathology == "saturation":
-        assert events.Scalars(f"health/saturated_fraction/{layer}")[0].value >= 0.5
+        assert events.Scalars("health/saturated_fraction/features.conv1")[0].value >= 0.5
 
 
 def test_healthy_run_has_no_finding(tmp_path):
@@ -103,6 +104,8 @@ def test_healthy_run_has_no_finding(tmp_path):
     assert messages == []
     assert health.findings == []
     assert "no problem found" in (health.viz_dir / "health_summary.txt").read_text()
+    assert health.figure_data()["not_run"] == [] and health.notes == {}  # every layer ran and was seen
+    assert health.figure_data()["frozen"]["tensors"] == 0
 
 
 def test_reuses_published_records_instead_of_capturing_again(tmp_path):
@@ -111,9 +114,10 @@ def test_reuses_published_records_instead_of_capturing_again(tmp_path):
     hist = WeightHistogramCallback(every_n_steps=2)
     acts = ActivationMapCallback(every_n_epochs=1, layers=["features.act*"])  # records at the epoch end
     health, messages = fit(tmp_path, "dead_relu", [hist, acts], batches=1, activation_hooks=False)
-    assert health._own_histograms is False and health._handles == []
+    assert health._own_histograms is False and health._tracker is None and not health._hooked
     assert any(m.startswith(f"{PREFIX}negligible updates: features.conv1.weight") for m in messages), messages
-    assert any(m.startswith(f"{PREFIX}dead units: features.act1 at step") for m in messages), messages
+    # without the own hooks, nothing maps the activation module to its weight layer: it is named itself
+    assert any(m.startswith(f"{PREFIX}dead units: features.act1 (ReLU) at step") for m in messages), messages
 
 
 def test_cli_composes_the_pathology_over_the_quickstart(tmp_path, monkeypatch):
@@ -140,7 +144,8 @@ def test_cli_composes_the_pathology_over_the_quickstart(tmp_path, monkeypatch):
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
     assert "WeightHistogramCallback" in names and "TrainingHealthCallback" in names  # appended, not replaced
     messages = [str(w.message) for w in caught if str(w.message).startswith(PREFIX)]
-    assert any(m.startswith(f"{PREFIX}dead units: features.act1 at step 0") for m in messages), messages
+    dead = f"{PREFIX}dead units: features.conv1 (output of features.act1, ReLU) at step 0"
+    assert any(m.startswith(dead) for m in messages), messages
 
 
 class GradProbe(Callback):
