@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -213,3 +213,60 @@ def test_half_precision_model(tmp_path):
     (w,) = [p for p in hist.evolution_data("weights")["params"] if p["name"] == "conv1.weight"]
     assert int(w["counts"][-1].sum()) == model.conv1.weight.numel()
     assert np.isfinite(acts.history["conv1"]["mean"]).all()
+
+
+class Attention(LightningModule):
+    """nn.MultiheadAttention uses its out_proj's weights without calling it: out_proj never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.embed(x.view(-1, 8, 8))
+        return self.head(self.attn(h, h, h)[0].mean(1))
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_layer_that_does_not_run_is_not_run_never_nan(tmp_path):
+    import json
+
+    class Listener(Callback):
+        payloads: list = []
+
+        def on_viz_record(self, trainer, source, kind, step, payload):
+            self.payloads.append(payload)
+
+    acts, listener = ActivationMapCallback(layers=["attn.out_proj", "head"], sample_size=4), Listener()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, [acts, listener], max_epochs=2)
+        trainer.fit(Attention(), RandomImages(n=16, batch_size=8, with_val=False))
+    assert trainer.state.finished
+    assert not [str(w.message) for w in caught if issubclass(w.category, VizWarning)]  # no NaN/Inf warning
+    hist = acts.history["attn.out_proj"]
+    assert hist["ran"] == [False, False] and hist["nonfinite"] == [0, 0]
+    assert acts.history["head"]["ran"] == [True, True]
+    record = listener.payloads[-1]["attn.out_proj"]
+    assert record["ran"] is False and record["values"] == 0 and record["nonfinite"] == 0
+    assert record["of"] is None and listener.payloads[-1]["_types"]["attn.out_proj"] == (
+        "NonDynamicallyQuantizableLinear"
+    )
+    tags = read_events(trainer.logger.log_dir).Tags()["scalars"]
+    assert not any(t.startswith("activation/attn.out_proj/") for t in tags)  # no NaN scalars
+    saved = json.loads((acts.viz_dir / "stats.json").read_text())
+    assert saved["layers"]["attn.out_proj"]["ran"] == [False, False]
+    # the default choice leaves out_proj out: it would never run
+    default = ActivationMapCallback(sample_size=4, output_dir=str(tmp_path / "default"))
+    with pytest.warns(VizWarning, match="Linear layers"):
+        make_trainer(tmp_path / "d", [default], max_epochs=1, logger=False).fit(
+            Attention(), RandomImages(n=16, batch_size=8, with_val=False)
+        )
+    assert default.layer_names == ["embed", "head"]
