@@ -49,14 +49,19 @@ def _bars(
         return Room()
     y = np.array([values[n] for n in names], dtype=np.float64)
     shown = np.where(np.isfinite(y), y, np.nan)
-    if log:
-        positive = shown[shown > 0]
-        floor = float(positive.min()) / 10 if positive.size else 1e-12
-        shown = np.where(shown > 0, shown, floor)
+    if log:  # a zero has no place on a log axis: no bar, the value written instead (never a fake height)
+        shown = np.where(shown > 0, shown, np.nan)
     colours = [BAD_COLOUR if n in bad else OK_COLOUR for n in names]
     x = np.arange(len(names))
     ax.bar(x, np.nan_to_num(shown, nan=0.0), color=colours)
-    for xi, v in zip(x, y):
+    if log and not np.isfinite(shown).any():
+        ax.set_ylim(1e-12, 1.0)
+    for xi, v, colour in zip(x, y, colours):
+        if log and v == 0:
+            ax.text(
+                xi, 0.02, "0", ha="center", va="bottom", fontsize=8, color=colour,
+                transform=ax.get_xaxis_transform(),
+            )  # fmt: skip
         if not math.isfinite(v):
             ax.text(
                 xi,
