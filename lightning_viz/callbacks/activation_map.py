@@ -43,7 +43,7 @@ from lightning_viz.render.activations import render_activation_stats, render_fea
 SampleFrom = Literal["val", "train"]
 ChannelOrder = Literal["mean_activation", "first", "variance"]
 ColorScale = Literal["absolute", "per_map"]
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 CONV1D_TYPES = (nn.Conv1d, nn.ConvTranspose1d)
 STATE_KEYS = ("sample_indices", "history", "last_step")
 HISTORY_STATS = (*STATS, "nonfinite")
@@ -53,7 +53,7 @@ HEATMAP_ROWS, HEATMAP_COLS = 64, 128
 def clean_layer_name(name: str) -> str:
     """A module name as the user wrote the model: without the ``_orig_mod`` that ``torch.compile`` inserts
     for a compiled submodule, nor the wrapper prefixes of FSDP1 and activation checkpointing."""
-    return distributed.clean_name(name.replace("._orig_mod", "").removeprefix("_orig_mod."))
+    return distributed.clean_name(name)
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -213,8 +213,9 @@ class ActivationMapCallback(VizCallback):
             schedules are off, one capture runs at the end of training.
         every_n_steps: capture after every N-th optimizer step; ``null`` to turn off.
         layers: glob patterns over qualified module names (``"features.*"``, ``"*conv*"``; names as in the
-            uncompiled model, without ``_orig_mod``). Default: every Conv1d/Conv2d/Conv3d layer; a model
-            without one uses its Linear layers (except MultiheadAttention's ``out_proj``) and says so.
+            uncompiled model, without ``_orig_mod``). Default: every convolution (``Conv1d``-``3d``,
+            ``ConvTranspose1d``-``3d``); a model without one uses its Linear layers (except
+            MultiheadAttention's ``out_proj``) and says so.
         sample_size: number of examples in the fixed sample batch (at most the dataset's size).
         sample_from: dataset to take the sample from: ``"val"`` (falls back to ``"train"`` when there is no
             validation dataloader) or ``"train"``.

@@ -50,7 +50,7 @@ _HOOK_DICTS = (
 def param_name(name: str) -> str:
     """A parameter or module name as the user wrote the model: without ``_orig_mod.`` (``torch.compile``)
     or the FSDP1 and activation-checkpointing wrapper prefixes."""
-    return distributed.clean_name(name).replace("._orig_mod", "").replace("_orig_mod.", "")
+    return distributed.clean_name(name)
 
 
 @dataclass

@@ -41,7 +41,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from lightning_viz.core import distributed, precision, stats
+from lightning_viz.core import distributed, lightning_state, precision, stats
 from lightning_viz.core.activation_stats import (
     NSUMS,
     first_tensor,
@@ -251,6 +251,8 @@ class TrainingHealthCallback(VizCallback):
         self._first_total_grad: dict[str, float] = {}
         self._latest: dict[str, Any] = {"grad": {}, "update": {}, "act": {}}
         self._drawn = -1
+        self._zero_start: set[str] = set()  # weights first seen at zero (no scale for their updates)
+        self._update_seen: set[str] = set()
 
     @property
     def state_key(self) -> str:
@@ -271,7 +273,9 @@ class TrainingHealthCallback(VizCallback):
             for cb in callbacks
         )
         self._watch = {
-            n: m for n, m in pl_module.named_modules() if n and (_weight_layer(m) or is_activation(m))
+            distributed.clean_name(n): m
+            for n, m in pl_module.named_modules()
+            if n and (_weight_layer(m) or is_activation(m))
         }
         has_map = any(isinstance(cb, ActivationMapCallback) for cb in callbacks)
         if not (self.activation_hooks and self._watch) and not has_map:
@@ -311,7 +315,9 @@ class TrainingHealthCallback(VizCallback):
             return
         every = self._every(trainer)
         if self._manual:  # due when some optimizer's own step count is (counters every rank shares)
-            due = any(self._opt_steps.get(i, 0) % every == 0 for i in range(max(1, len(trainer.optimizers))))
+            # an optimizer that has not stepped yet (a late discriminator) does not make every batch due
+            counts = list(self._opt_steps.values()) or [0]
+            due = any(c % every == 0 for c in counts)
         else:
             due = trainer.global_step % every == 0
         if not due:
@@ -323,7 +329,10 @@ class TrainingHealthCallback(VizCallback):
             and self._watch
             and {"dead_units", "saturation", "nonfinite"} & set(self.checks)
         ):
-            self._hooked, self._tracker = True, PassedTracker(pl_module, self._watch, self._on_passed)
+            # grad_only: the training forward only, never a no_grad pass run meanwhile (another callback's
+            # capture, the NaN locator, validation after a step that returned no loss)
+            tracker = PassedTracker(pl_module, self._watch, self._on_passed, grad_only=True)
+            self._hooked, self._tracker = True, tracker
             self._tracker.attach()
 
     def _on_passed(self, name: str, module: nn.Module, output: Any, passed: Passed) -> None:
@@ -493,9 +502,7 @@ class TrainingHealthCallback(VizCallback):
         self._draw(trainer)
 
     def _loss_tensor(self, trainer: Trainer) -> torch.Tensor | None:
-        results = getattr(trainer, "_results", None)
-        metrics = results.metrics(True)["callback"] if results is not None else {}
-        value = metrics.get(self.monitor, metrics.get(f"{self.monitor}_step"))
+        value = lightning_state.step_value(trainer, (self.monitor, f"{self.monitor}_step"))
         return value.detach().reshape(-1)[:1] if isinstance(value, torch.Tensor) and value.numel() else None
 
     def _keep_loss(self, trainer: Trainer) -> None:
@@ -538,7 +545,12 @@ class TrainingHealthCallback(VizCallback):
         else:
             try:
                 plugin = getattr(trainer, "precision_plugin", None)
-                found = locate_nonfinite(pl_module, inp, getattr(plugin, "forward_context", None))
+                found = locate_nonfinite(
+                    pl_module,
+                    inp,
+                    getattr(plugin, "forward_context", None),
+                    complete=distributed.world_size() > 1,  # the same forward (and collectives) on every rank
+                )
             except Exception as err:  # the pass is ours: a failure must not end training
                 self.notes["origin"] = f"the forward pass looking for the first NaN/Inf failed: {err!r}"
         if distributed.world_size() > 1:  # the earliest over ranks, the same everywhere
@@ -837,6 +849,11 @@ class TrainingHealthCallback(VizCallback):
         self, trainer: Trainer, step: int, names: list[str], ratios: np.ndarray, scalars: dict[str, float]
     ) -> None:
         self._latest["update"] = {n: float(r) for n, r in zip(names, ratios)}
+        # A weight first seen at zero (a zero-initialised CLS token or positional embedding) has no scale
+        # to compare its first updates with, as biases have not: it is never judged "too large".
+        zero_start, seen = self._zero_start, self._update_seen
+        zero_start |= {n for n, r in zip(names, ratios) if n not in seen and not math.isfinite(r)}
+        seen |= set(names)
         for n, r in zip(names, ratios):
             if math.isfinite(r):
                 scalars[f"health/update_ratio/{n}"] = float(r)
@@ -845,7 +862,7 @@ class TrainingHealthCallback(VizCallback):
             ("large_updates", lambda r: r > self.large_update_ratio, self.large_update_ratio),
         ):
             for n, r in zip(names, ratios):
-                if math.isfinite(r) and test(r):
+                if math.isfinite(r) and test(r) and not (check == "large_updates" and n in zero_start):
                     self._flag(
                         trainer,
                         check,

@@ -226,8 +226,10 @@ def is_fsdp1_wrapped(module: nn.Module) -> bool:
 
 
 def clean_name(name: str) -> str:
-    """A parameter name without the wrapper prefixes FSDP1 and activation checkpointing insert."""
-    return name.replace(f"{_FSDP_WRAPPED}.", "").replace("_checkpoint_wrapped_module.", "")
+    """A parameter or module name as the user wrote the model: without the wrapper prefixes FSDP1 and
+    activation checkpointing insert, nor the ``_orig_mod`` of a ``torch.compile``d submodule."""
+    name = name.replace(f"{_FSDP_WRAPPED}.", "").replace("_checkpoint_wrapped_module.", "")
+    return name.replace("._orig_mod", "").removeprefix("_orig_mod.").removeprefix("_orig_mod")
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ class _Lineage(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         tracker = self.tracker
-        if tracker._pending:
+        if tracker._pending and not tracker._ignored():
             make = _FUNCTIONAL.get(func) if not tracker._in_activation else None
             keys = tracker._keys(_first(args)) if make is not None else set()
             t = _first(out)
@@ -284,8 +284,11 @@ class PassedTracker:
         model: nn.Module,
         modules: Mapping[str, nn.Module],
         on_passed: Callable[[str, nn.Module, Any, Passed], None],
+        *,
+        grad_only: bool = False,
     ) -> None:
         self.model, self.modules, self.on_passed = model, dict(modules), on_passed
+        self.grad_only = grad_only  # follow only forward passes that record gradients (training ones)
         self.executed: list[str] = []
         self._pending: dict[int, tuple[str, nn.Module, Any]] = {}
         self._derived: dict[int, tuple[torch.Tensor, set[int]]] = {}  # id -> (tensor, waiting keys)
@@ -316,6 +319,9 @@ class PassedTracker:
             h.remove()
         self._handles = []
         self._pending, self._derived, self._in_activation = {}, {}, 0
+
+    def _ignored(self) -> bool:
+        return self.grad_only and not torch.is_grad_enabled()
 
     def finish(self) -> None:
         """Resolve what still waits with each layer's own output (nothing ran after it)."""
@@ -352,6 +358,8 @@ class PassedTracker:
 
     def _pre(self, name: str, leaf: bool) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
+            if self._ignored():
+                return
             if leaf and is_activation(module):
                 self._in_activation += 1
                 return
@@ -366,6 +374,8 @@ class PassedTracker:
 
     def _post(self, name: str, selected: str | None, leaf: bool) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self._ignored():
+                return
             if leaf and is_activation(module):
                 self._in_activation = max(0, self._in_activation - 1)
             if leaf and is_activation(module) and self._pending:

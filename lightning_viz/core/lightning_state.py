@@ -58,3 +58,29 @@ def logged_values(trainer: Trainer, on_step: bool) -> list[Logged] | None:
         return out
     except AttributeError:  # another Lightning: the caller falls back to trainer.callback_metrics
         return None
+
+
+def step_value(trainer: Trainer, names: tuple[str, ...]) -> torch.Tensor | None:
+    """The value logged at this step under the first of ``names`` that was logged (e.g. ``train_loss``,
+    ``train_loss_step``), as the tensor Lightning holds; ``None`` when none was logged on step level.
+
+    Lightning 2.0-2.6 keeps it in ``trainer._results`` (private). Its public-facing ``metrics(True)`` would
+    also turn every ``prog_bar`` value into a Python number (a host synchronisation per value per step), so
+    the one value is read with ``_get_cache``, which copies nothing.
+    """
+    results = getattr(trainer, "_results", None)
+    if results is None:
+        return None
+    try:
+        found: dict[str, torch.Tensor] = {}
+        for item in list(results.values()):
+            if item.has_reset or not item.meta.on_step:
+                continue
+            value = results._get_cache(item, True)
+            if isinstance(value, torch.Tensor):
+                _, forked = results._forked_name(item, True)
+                for name in (item.meta.name, forked):
+                    found.setdefault(name, value)
+        return next((found[n] for n in names if n in found), None)
+    except AttributeError:  # another Lightning: the health callback then has no loss to examine
+        return None

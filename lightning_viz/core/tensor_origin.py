@@ -93,6 +93,8 @@ def locate_nonfinite(
     model: nn.Module,
     inp: ModelInput,
     forward_context: Callable[[], AbstractContextManager[Any]] | None = None,
+    *,
+    complete: bool = False,
 ) -> Origin | None:
     """Run one ``no_grad`` forward pass of ``inp`` with hooks on every module and return the first module,
     in execution order, whose output holds NaN/Inf while its inputs were finite (the deepest one: a child
@@ -108,9 +110,13 @@ def locate_nonfinite(
         model: the model (the LightningModule).
         inp: what it is fed (:func:`~lightning_viz.core.model_input.model_input`).
         forward_context: the precision plugin's ``forward_context`` (autocast), if any.
+        complete: run the whole forward pass even after a find, and also when the batch itself holds
+            NaN/Inf: with several processes every rank must run the same forward, since a sharded (FSDP2)
+            module or ``SyncBatchNorm`` issues collectives inside it.
     """
-    if _bad(inp.tensors()):
-        return Origin(None, "batch", _bad(inp.tensors()), -1, False)
+    batch_bad = _bad(inp.tensors())
+    if batch_bad and not complete:
+        return Origin(None, "batch", batch_bad, -1, False)
     state = _State()
     names = {m: n for n, m in model.named_modules()}
     handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -121,11 +127,12 @@ def locate_nonfinite(
     def post(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         finite_in = state.stack.pop() if state.stack else True
         order, state.order = state.order, state.order + 1
-        count = _bad(_tensors(output)) if finite_in else 0
+        count = _bad(_tensors(output)) if finite_in and state.found is None else 0
         if count:
             own = _bad([p.detach() for p in module.parameters(recurse=False)]) > 0
             state.found = Origin(names.get(module, "?"), type(module).__name__, count, order, own)
-            raise _Found
+            if not complete:
+                raise _Found
 
     saved = [b.detach().clone() for b in _iter_buffers(model)]
     devices = sorted(
@@ -147,4 +154,6 @@ def locate_nonfinite(
         with torch.no_grad():
             for b, old in zip(_iter_buffers(model), saved):
                 b.copy_(old)
+    if batch_bad:
+        return Origin(None, "batch", batch_bad, -1, False)
     return state.found
