@@ -126,6 +126,7 @@ def from_npz(path: Path) -> Loaded | None:
                 "input_source": _text(z["input_source"]) if "input_source" in keys else "",
                 "color_scale": _text(z["color_scale"]) if "color_scale" in keys else "per_map",
                 "layers": layers,
+                "not_run": [str(n) for n in z["not_run"]] if "not_run" in keys else [],
             }
             return render_feature_maps, data, name
     return None

@@ -576,6 +576,7 @@ class ActivationMapCallback(VizCallback):
             return
         x = inp.primary() if inp is not None else None
         source = inp.source if inp is not None else ""
+        not_run = [n for n in self.layer_names if not published[n]["ran"]]  # said on each figure
         maps = [p for p in pictures.values() if "maps" in p]
         if maps:
             image = input_image(x, self.sample_index)
@@ -586,12 +587,14 @@ class ActivationMapCallback(VizCallback):
                 "input_source": source,
                 "color_scale": self.color_scale,
                 "layers": maps,
+                "not_run": not_run,
             }
             arrays = {
                 "step": np.array(step),
                 "sample_index": np.array(self.sample_index),
                 "input_source": np.array(source),
                 "color_scale": np.array(self.color_scale),
+                "not_run": np.array(not_run, dtype=str),
             }
             arrays["layer_names"] = np.array([m["name"] for m in maps])
             if image is not None:
@@ -603,7 +606,7 @@ class ActivationMapCallback(VizCallback):
             self._emit(trainer, render_feature_maps, data, "maps", step_stem("maps", step), step, arrays)
         heat = [p for p in pictures.values() if "values" in p]
         if heat:
-            data = {"step": step, "layers": heat}
+            data = {"step": step, "layers": heat, "not_run": not_run}
             if any("row_ticks" in p for p in heat):  # 1-d convolutions: the input signal beside them
                 signal = input_signal(x, self.sample_index, source)
                 if signal is not None:

@@ -119,6 +119,15 @@ def _image_width(box: tuple[float, float, float, float], shape: tuple[int, ...])
     return x + (w - drawn) / 2, drawn
 
 
+def _not_run(data: Mapping[str, Any]) -> str:
+    """A second title line naming the selected layers that did not run in this capture pass, if any."""
+    names = [str(n) for n in data.get("not_run", ())]
+    if not names:
+        return ""
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return f"\nnot run in this pass (nothing to show): {shown}"
+
+
 def render_feature_maps(data: Mapping[str, Any]) -> Figure:
     """The input example beside one labelled feature-map grid per layer.
 
@@ -141,7 +150,7 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
     n = max(1, len(layers))
     fig = new_figure(10.0 if image is not None else 7.5, 0.6 + 3.0 * n, layout=None)
     how = "one colour scale per layer" if absolute else "each channel scaled to its own range"
-    top = suptitle(fig, f"Feature maps at step {data.get('step', '?')} ({how})")
+    top = suptitle(fig, f"Feature maps at step {data.get('step', '?')} ({how})" + _not_run(data))
     ncols = 2 if image is not None else 1
     slots: list[Axes | None] = [None] * (n * ncols)  # row-major; the input's column is empty below it
     if image is not None:
@@ -254,7 +263,7 @@ def render_heatmaps(data: Mapping[str, Any]) -> Figure:
     signal = data.get("input")
     n = max(1, len(layers)) + (signal is not None)
     fig = new_figure(8.0, 0.6 + 2.6 * n, layout=None)
-    top = suptitle(fig, f"Activations at step {data.get('step', '?')}")
+    top = suptitle(fig, f"Activations at step {data.get('step', '?')}" + _not_run(data))
     axes, bars, rooms = [], [], []
     if signal is not None:
         ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))

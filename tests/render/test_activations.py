@@ -261,3 +261,17 @@ def test_activation_stats_say_what_each_layer_is_of_and_which_never_ran(figures)
     ydata = np.asarray(ax.lines[0].get_ydata(), dtype=float)
     assert np.isnan(ydata[1]) and ydata[0] == 0.5  # no point at the capture where it did not run
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["features.conv1"]
+
+
+def test_maps_and_heatmaps_name_the_layers_that_did_not_run(figures):
+    data = {"step": 3, "input": None, "layers": [maps_layer("c", 2, 2)], "not_run": ["alt"]}
+    fig = render_feature_maps(data)
+    figures.append(fig)
+    assert fig._suptitle.get_text().splitlines()[1] == "not run in this pass (nothing to show): alt"
+    heat = {"name": "fc", "kind": "Linear", "values": np.ones((4, 4)), "rows": "examples", "cols": "features"}
+    fig = render_heatmaps({"step": 3, "layers": [heat], "not_run": ["branch.fc", "head"]})
+    figures.append(fig)
+    assert "not run in this pass (nothing to show): branch.fc, head" in fig._suptitle.get_text()
+    fig = render_heatmaps({"step": 3, "layers": [heat]})
+    figures.append(fig)
+    assert "not run" not in fig._suptitle.get_text()
