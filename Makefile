@@ -3,36 +3,50 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-STAMP  := $(VENV)/.installed
+# One stamp per install: the demo needs the package and scikit-learn (its digits data) only; the tests
+# need the dev extra (pytest, the real loggers, the browser driver); the benchmark adds its peers.
+DEMO   := $(VENV)/.installed-demo
+DEV    := $(VENV)/.installed-dev
+BENCH  := $(VENV)/.installed-bench
 
 .PHONY: demo test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/.created:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run 'make PYTHON=python3 ...'"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
-demo: $(STAMP)
+$(DEMO): pyproject.toml $(VENV)/.created
+	$(PIP) install --quiet -e ".[examples]"
+	touch $@
+
+$(DEV): pyproject.toml $(VENV)/.created
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@ $(DEMO)
+
+$(BENCH): pyproject.toml $(DEV)
+	$(PIP) install --quiet -e ".[dev,bench]"
+	touch $@
+
+demo: $(DEMO)
 	$(VENV)/bin/lightning-viz fit --config configs/quickstart.yaml
 	@echo
 	@echo "Pictures: runs/quickstart/version_*/viz/  (TensorBoard: $(VENV)/bin/tensorboard --logdir runs)"
 
 # pytest exits 5 when it collects no test: that must fail, and it does (any non-zero exit fails make).
-test: $(STAMP)
+test: $(DEV)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP)
-	$(PIP) install --quiet -e ".[dev,bench]"
+bench: $(BENCH)
 	$(PY) -m benchmarks.run
 
 clean:

@@ -287,6 +287,10 @@ class ActivationMapCallback(VizCallback):
         return self._generate_state_key(output_dir=self.output_dir, layers=self.layers)
 
     # ------------------------------------------------------------------ setup
+    def check_model(self, pl_module: LightningModule) -> None:
+        if self.layers is not None and not is_overridden("configure_model", pl_module):
+            match_modules(_Named(named_layers(pl_module)), self.layers, argument="layers")  # type: ignore[arg-type]
+
     def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return

@@ -210,7 +210,7 @@ class WeightHistogramCallback(VizCallback):
                     out.append((distributed.clean_name(f"{mname}.{pname}"), p))
         return out
 
-    def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def check_model(self, pl_module: LightningModule) -> None:
         # A model that builds its layers in `configure_model` has none yet: on_fit_start validates then.
         if self.layers is not None and next(pl_module.parameters(), None) is not None:
             self._select(pl_module)

@@ -17,7 +17,7 @@ import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.figure import Figure
 
-from lightning_viz.core import distributed, renderer, writer
+from lightning_viz.core import distributed, errors, pacing, renderer, writer
 from lightning_viz.core.sinks import FileSink, Sink, fan_out, make_sinks
 from lightning_viz.core.warn import warn_if_state_missing, warn_once
 
@@ -59,6 +59,11 @@ class VizCallback(Callback):
 
     viz_name: ClassVar[str] = "viz"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # its argument checks raise one line that names the callback
+            cls.__init__ = errors.named_init(cls.__name__, cls.__dict__["__init__"])  # type: ignore[method-assign]
+
     def __init__(self, output_dir: str | None = None, when_full: WhenFull = "wait") -> None:
         check_choice("when_full", when_full, ("wait", "drop_oldest"))
         self.output_dir = output_dir
@@ -82,7 +87,11 @@ class VizCallback(Callback):
         self._sinks = writer.drop_unwritable_files(self._sinks, self.viz_dir, type(self).__name__)
         if self._sinks:  # figures will be drawn here: let the render process load matplotlib now
             renderer.get_renderer().start()
-        self.check_setup(trainer, pl_module, stage)
+            pacing.DrawingPacer.attach(trainer)  # cumulative figures while every core trains
+        try:
+            self.check_setup(trainer, pl_module, stage)
+        except ValueError as err:
+            raise errors.named(type(self).__name__, err) from err
 
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
@@ -92,7 +101,24 @@ class VizCallback(Callback):
             warn_if_state_missing(self, checkpoint)
 
     def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Validate what depends on the model (layer patterns, sample sizes); raise ``ValueError``."""
+        """Validate what depends on the model and the data (layer patterns, sample sizes); raise
+        ``ValueError``. Runs in ``setup``; the part that needs only the model goes in :meth:`check_model`."""
+        self.check_model(pl_module)
+
+    def check_model(self, pl_module: LightningModule) -> None:
+        """Validate what depends on the model alone (layer patterns); raise ``ValueError``.
+
+        The ``lightning-viz`` command calls :meth:`validate_model` before the run starts, so such an error
+        reaches the user before any run directory is made.
+        """
+
+    def validate_model(self, pl_module: LightningModule) -> None:
+        """:meth:`check_model`, its ``ValueError`` as a :class:`~lightning_viz.core.errors.VizConfigError`
+        that names this callback."""
+        try:
+            self.check_model(pl_module)
+        except ValueError as err:
+            raise errors.named(type(self).__name__, err) from err
 
     # ------------------------------------------------------------------ failure isolation
     @contextmanager

@@ -259,10 +259,31 @@ def test_fit_prints_one_line_saying_where_the_pictures_are(capsys, tmp_path):
     assert viz.is_relative_to(tmp_path)
 
 
-def test_fit_without_viz_callbacks_says_so(capsys, base_config, tmp_path):
-    build_cli(["fit", "--config", str(base_config), *fast_overrides(tmp_path), "--trainer.max_steps=1"])
+def test_fit_without_viz_callbacks_turns_on_the_core_ones(capsys, base_config, tmp_path):
+    from lightning_viz.cli import DEFAULT_CALLBACKS
+
+    cli = build_cli(["fit", "--config", str(base_config), *fast_overrides(tmp_path), "--trainer.max_steps=1"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lightning-viz:")]
-    assert len(lines) == 1 and "no visualisation callback" in lines[0]
+    assert "the core ones are on" in lines[0] and lines[-1].startswith("lightning-viz: pictures are in")
+    names = [type(cb).__name__ for cb in cli.trainer.callbacks]
+    assert [n for n in names if n in DEFAULT_CALLBACKS] == list(DEFAULT_CALLBACKS)
+    assert "LearningRateMonitor" in names  # the configured ones stay
+
+
+def test_viz_defaults_false_keeps_only_the_configured_callbacks(capsys, base_config, tmp_path):
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(base_config),
+            *fast_overrides(tmp_path),
+            "--trainer.max_steps=1",
+            "--viz_defaults=false",
+        ]
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lightning-viz:")]
+    assert lines == ["lightning-viz: no lightning-viz callback was on (--viz_defaults=false)"]
+    assert not any(type(cb).__module__.startswith("lightning_viz") for cb in cli.trainer.callbacks)
 
 
 @pytest.mark.slow
