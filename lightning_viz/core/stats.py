@@ -46,7 +46,7 @@ def _map_cpu(fn: Callable, items: Sequence, sizes: Sequence[int]) -> list:
     The caller's thread works too; the others come from a small persistent pool. Every thread takes the
     next largest item left, so a thread slowed by a busy core simply takes fewer items (no barrier waits
     for it, unlike intra-op threads: see :func:`_cpu_threads`). torch releases the GIL inside its kernels,
-    so on two cores the histogram work of a resnet50 runs about 1.7x faster. An exception in ``fn`` is
+    so the threads' kernels overlap (``make bench`` measures what that gives). An exception in ``fn`` is
     raised in the caller once every thread has stopped.
     """
     global _pool
