@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.run                 # everything; writes benchmarks/RESULTS.md and results.json
     python -m benchmarks.run --quick         # a smoke run (minutes less; numbers not meaningful)
+    python -m benchmarks.run --parts latency --merge   # figure_latency_s only, into the existing results
     python -m benchmarks.run --device cuda --parts resnet,hist --out /tmp/gpu   # GPU rows (results_gpu.json)
 
 Arms are trained in one process, interleaved (the order rotates every round) and repeated; medians are
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("histograms", "drawing", "overhead", "cnn", "resnet50", "soak")
+PARTS = ("histograms", "drawing", "overhead", "latency", "cnn", "resnet50", "soak")
 
 
 def _quiet() -> None:
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
-    p.add_argument("--parts", default="overhead,cnn,resnet,hist,drawing,soak")
+    p.add_argument("--parts", default="overhead,latency,cnn,resnet,hist,drawing,soak")
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers not meaningful")
     p.add_argument("--cnn-train", type=int, default=16384)
@@ -363,6 +364,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overhead-json", help=argparse.SUPPRESS)
     p.add_argument("--core", type=int, help=argparse.SUPPRESS)
     p.add_argument("--go", help=argparse.SUPPRESS)
+    p.add_argument("--latency-rounds", type=int, default=2)
+    p.add_argument("--latency-epochs", type=int, default=12)
+    p.add_argument("--latency-child", choices=("core_free", "all_busy"), help=argparse.SUPPRESS)
+    p.add_argument("--latency-json", help=argparse.SUPPRESS)
     p.add_argument("--resnet-size", type=int, default=32)
     p.add_argument("--resnet-batch", type=int, default=8)
     p.add_argument("--resnet-steps", type=int, default=12)
@@ -382,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         args.drawing_rounds = 1
         args.overhead_rounds, args.overhead_epochs, args.overhead_aa_rounds = 2, 4, 1
         args.soak_train = 1024
+        args.latency_rounds, args.latency_epochs = 1, 6
     _quiet()
     import torch
 
@@ -391,6 +397,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.overhead_child:
         overhead_child(args)
+        return
+    if args.latency_child:
+        from benchmarks.latency import latency_child
+
+        latency_child(args)
         return
     parts = set(args.parts.split(","))
     with_wandb = not args.no_wandb
@@ -408,6 +419,11 @@ def main(argv: list[str] | None = None) -> None:
     if "overhead" in parts and args.device == "cpu":  # first: before wandb's background service starts
         print("full suite beside B0, in concurrent pairs ...", flush=True)
         res["overhead"] = run_overhead(args)
+    if "latency" in parts and args.device == "cpu":
+        from benchmarks.latency import run_latency
+
+        print("figure latency, with a core left free and with every core training ...", flush=True)
+        res["latency"] = run_latency(args)
     if with_wandb:
         import wandb
 
@@ -479,6 +495,9 @@ def main(argv: list[str] | None = None) -> None:
     headline = {}
     if "overhead" in res:  # steady state: what a long run pays per step; one-off costs are reported beside it
         headline["suite_overhead_ratio"] = res["overhead"]["median_ratio"]
+    if "latency" in res:
+        headline["figure_latency_s"] = res["latency"]["core_free"]["figure_latency_s"]
+        headline["figure_latency_all_busy_s"] = res["latency"]["all_busy"]["figure_latency_s"]
     if "cnn" in res:
         suite = next(r for r in res["cnn"]["arms"] if r["arm"] == "full suite (defaults)")
         headline.setdefault("suite_overhead_ratio", suite["steady_ratio"])

@@ -3,14 +3,17 @@
 ``lightning-viz report <viz-dir>`` (or :class:`~lightning_viz.callbacks.report.ReportCallback` at fit end)
 reads ``<viz-dir>/<callback>/`` and writes ``<viz-dir>/report.html``: one file with every picture embedded
 (base64 PNG), no script or style fetched from anywhere, so it opens from disk, from an artifact store or as
-an e-mail attachment. Sections, each present when its files are:
+an e-mail attachment. It opens with the run summary (:mod:`lightning_viz.report_summary`: model and data
+classes, epochs, steps, wall time, final and best metrics, the resolved config); then sections, each
+present when its files are:
 
 * health findings (``training_health/health_summary.json``), first, since they say where to look;
-* the model summary table (``model_summary/summary.json``) and its figure;
+* the model summary table (``model_summary/summary.json``; the model's torchmetrics objects are not
+  layers and are named below it instead) and its figure;
 * every other callback's figures, grouped into series by file stem: ``maps_step000046.png`` and
   ``maps_step000092.png`` are two frames of the series ``maps``, shown one at a time with a step (or epoch)
-  slider. Series that already draw the whole history (curves, weight/gradient evolution) show their latest
-  frame only.
+  slider, under a heading in words (:data:`SERIES_TITLES`; weights before gradients). Series that already
+  draw the whole history (curves, weight/gradient evolution) show their latest frame only.
 
 Only files are read, so a report can be rebuilt from a finished or crashed run at any time.
 """
@@ -22,12 +25,15 @@ import base64
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lightning_viz.core.writer import atomic_write_bytes
+from lightning_viz.report_summary import RUN_RECORD, metric_modules, read_json, summary_html, words
 
 REPORT_NAME = "report.html"
 FRAME = re.compile(r"^(?P<series>.+?)_(?P<unit>step|epoch)(?P<n>\d+)$")
@@ -41,8 +47,20 @@ TITLES = {
     "curves": "Learning curves",
     "weight_histogram": "Weights and gradients over training",
     "activation_map": "Activations",
-    "metric_plot": "Metrics",
+    "metric_plot": "Metric plots",
 }
+# headings of the series, in the order they are shown within a section
+SERIES_TITLES = {
+    "summary": "Parameters per block",
+    "curves": "Curves of every logged metric",
+    "weights_evolution": "Weight distributions over training",
+    "gradients_evolution": "Gradient distributions over training",
+    "maps": "Feature maps of a fixed sample",
+    "heatmaps": "Layer outputs of a fixed sample, as heatmaps",
+    "stats": "Activation statistics over training",
+    "health": "Gradient norms, update ratios, activations and loss at the latest check",
+}
+__all__ = ["REPORT_NAME", "RUN_RECORD", "build_report", "main"]
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -50,7 +68,9 @@ header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-s
 header p{margin:4px 0 0;color:#b9c0cc;font-size:12px}nav{padding:8px 24px;background:#e9ecf1}
 nav a{margin-right:14px;color:#2a5bd7;text-decoration:none}main{padding:8px 24px 40px}
 section{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:16px 0;padding:8px 16px 16px}
-h2{font-size:17px;margin:8px 0}h3{font-size:14px;margin:14px 0 6px;color:#4a5263}
+h2{font-size:17px;margin:8px 0}table.run th{font-weight:600;color:#4a5263;width:8em;vertical-align:top}
+details.config summary{cursor:pointer;color:#2a5bd7}details.config pre{background:#f6f7f9;padding:8px;overflow:auto;
+max-height:40em;font-size:12px}code{font-size:12px}h3{font-size:14px;margin:14px 0 6px;color:#4a5263}
 img{max-width:100%;height:auto;border:1px solid #eef0f3}table{border-collapse:collapse;font-size:12px}
 td,th{padding:3px 8px;border-bottom:1px solid #eef0f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .slider{display:flex;align-items:center;gap:10px;margin:6px 0}.slider input{width:min(480px,60vw)}
@@ -78,11 +98,7 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" loading="lazy" src="data:image/png;base64,{data}">'
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+_read_json = read_json
 
 
 def _series(folder: Path) -> dict[str, list[tuple[str, int, Path]]]:
@@ -92,7 +108,28 @@ def _series(folder: Path) -> dict[str, list[tuple[str, int, Path]]]:
         m = FRAME.match(png.stem)
         series, unit, n = (m["series"], m["unit"], int(m["n"])) if m else (png.stem, "", -1)
         groups.setdefault(series, []).append((unit, n, png))
-    return {k: sorted(v, key=lambda t: t[1]) for k, v in sorted(groups.items())}
+    order = list(SERIES_TITLES)
+    ranked = sorted(
+        groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])
+    )
+    return {k: sorted(v, key=lambda t: t[1]) for k, v in ranked}
+
+
+def series_title(folder: str, name: str, frames: list[tuple[str, int, Path]]) -> str:
+    """The heading of a series, in words: :data:`SERIES_TITLES`, a metric plot's metric class and name."""
+    if name in SERIES_TITLES:
+        return SERIES_TITLES[name]
+    data = frames[-1][2].with_suffix(".npz")
+    if folder == "metric_plot" and data.is_file():
+        try:
+            with np.load(data, allow_pickle=False) as z:
+                cls = str(z["metric_class"]).rsplit(".", 1)[-1] if "metric_class" in z.files else ""
+                shown = str(z["name"]) if "name" in z.files else name
+        except (OSError, ValueError):
+            cls, shown = "", name
+        if cls:
+            return f"{words(cls)} ({shown})"
+    return name.replace("_", " ").capitalize()
 
 
 def _thin(frames: list[Any], limit: int) -> list[Any]:
@@ -104,28 +141,40 @@ def _thin(frames: list[Any], limit: int) -> list[Any]:
 
 
 def _series_html(folder: str, name: str, frames: list[tuple[str, int, Path]], max_frames: int) -> str:
+    title = series_title(folder, name, frames)
     if name.startswith(CUMULATIVE) or len(frames) == 1:
         unit, n, path = frames[-1]
         note = f' <span class="muted">({unit} {n})</span>' if unit else ""
-        return f"<h3>{html.escape(name)}{note}</h3>{_img(path, name)}"
+        return f'<h3 data-series="{html.escape(name)}">{html.escape(title)}{note}</h3>{_img(path, title)}'
     frames = _thin(frames, max_frames)
     sid = re.sub(r"[^a-zA-Z0-9_-]", "-", f"{folder}-{name}")
     parts = [
-        f'<div class="series" id="{sid}" data-frames="{len(frames)}"><h3>{html.escape(name)}</h3>',
+        f'<div class="series" id="{sid}" data-frames="{len(frames)}">'
+        f'<h3 data-series="{html.escape(name)}">{html.escape(title)}</h3>',
         f'<div class="slider"><input type="range" id="slider-{sid}" min="0" max="{len(frames) - 1}" '
-        f'value="{len(frames) - 1}" step="1" aria-label="{html.escape(name)} frame">'
+        f'value="{len(frames) - 1}" step="1" aria-label="{html.escape(title)} frame">'
         '<span class="frame-label"></span></div>',
     ]
     for i, (unit, n, path) in enumerate(frames):
         hidden = "" if i == len(frames) - 1 else " hidden"
         parts.append(
-            f'<figure class="frame" data-label="{unit} {n}"{hidden}>{_img(path, f"{name} {unit} {n}")}</figure>'
+            f'<figure class="frame" data-label="{unit} {n}"{hidden}>{_img(path, f"{title} {unit} {n}")}</figure>'
         )
     parts.append("</div>")
     return "".join(parts)
 
 
-def _summary_html(summary: dict[str, Any]) -> str:
+def _summary_html(summary: dict[str, Any], metrics: Collection[str] = ()) -> str:
+    """The model summary table; rows of torchmetrics objects (flagged by ModelSummaryCallback, or named in
+    the run record) and what lies inside them are left out and named in one line below."""
+
+    def is_metric(row: dict[str, Any]) -> bool:
+        name = str(row.get("name", ""))
+        return bool(row.get("metric")) or any(name == m or name.startswith(f"{m}.") for m in metrics)
+
+    rows = summary.get("rows") or []
+    tops = [r for r in rows if is_metric(r)]
+    tops = [r for r in tops if not any(str(r["name"]).startswith(f"{t['name']}.") for t in tops)]
     totals = summary.get("totals") or {}
     head = ", ".join(
         f"{k.replace('_', ' ')}: {v:,}" for k, v in totals.items() if isinstance(v, (int, float))
@@ -140,7 +189,9 @@ def _summary_html(summary: dict[str, Any]) -> str:
         + "".join(f"<th>{c.replace('_', ' ')}</th>" for c in cols)
         + "</tr></thead><tbody>"
     )
-    for row in summary.get("rows") or []:
+    for row in rows:
+        if is_metric(row) or any(str(row.get("name", "")).startswith(f"{t['name']}.") for t in tops):
+            continue
         cells = []
         for c in cols:
             v = row.get(c, "")
@@ -153,6 +204,11 @@ def _summary_html(summary: dict[str, Any]) -> str:
                 cells.append(f"<td>{html.escape(str(v))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
+    if tops:
+        named = ", ".join(f"{r['name']} ({r.get('type', '?')})" for r in tops)
+        out.append(
+            f'<p class="muted">torchmetrics objects the model holds (not layers): {html.escape(named)}</p>'
+        )
     out += [f'<p class="muted">{html.escape(str(n))}</p>' for n in summary.get("notes") or []]
     return "".join(out)
 
@@ -192,14 +248,15 @@ def build_report(viz_dir: str | Path, out: str | Path | None = None, *, max_fram
     out = Path(out) if out is not None else viz_dir / REPORT_NAME
     folders = [p for p in viz_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     folders.sort(key=lambda p: (ORDER.index(p.name) if p.name in ORDER else len(ORDER), p.name))
-    sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
+    sections: list[tuple[str, str, str]] = [("run", "Run summary", summary_html(viz_dir))]
+    metrics = metric_modules(viz_dir)
     for folder in folders:
         body = []
         if folder.name == "training_health" and (folder / "health_summary.json").exists():
             body.append(_health_html(_read_json(folder / "health_summary.json")))
         summary = _read_json(folder / "summary.json") if (folder / "summary.json").exists() else None
         if isinstance(summary, dict) and "rows" in summary:
-            body.append(_summary_html(summary))
+            body.append(_summary_html(summary, metrics))
         body += [_series_html(folder.name, k, v, max_frames) for k, v in _series(folder).items()]
         if body:
             title = TITLES.get(folder.name, folder.name.replace("_", " ").capitalize())
@@ -216,7 +273,7 @@ def build_report(viz_dir: str | Path, out: str | Path | None = None, *, max_fram
         f"<header><h1>lightning-viz report: {html.escape(str(run))}</h1>",
         f"<p>built {when} from {html.escape(str(viz_dir))}</p></header><nav>{nav}</nav><main>",
     ]
-    if not sections:
+    if len(sections) == 1:
         parts.append("<section><p>No pictures were saved in this directory yet.</p></section>")
     parts += [f'<section id="{a}"><h2>{html.escape(t)}</h2>{b}</section>' for a, t, b in sections]
     parts.append(f"</main><script>{SCRIPT}</script></body></html>")

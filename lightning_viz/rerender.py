@@ -15,8 +15,16 @@ data file                                  render function                      
 ``heatmaps_stepN.json``                    ``render.activations.render_heatmaps``      same stem ``.png``
 ``stats.json`` (activation statistics)     ``render.activations.render_activation_stats``  ``stats.png``
 ``curves.json``                            ``render.curves.render_curves``             ``curves_epochNNN.png``
-                                                                                       (its ``figure`` key)
+                                                                                       (its ``figure`` key) and
+                                                                                       the earlier epochs'
+``health_stepN.json``                      ``render.health.render_health``             same stem ``.png``
+``<metric>_epochN.npz`` (with              ``render.metrics.render_metric`` (the       same stem ``.png``
+``metric_class``)                          metric rebuilt from its class and init
+                                           arguments, drawn with its own ``.plot``)
 =========================================  ==========================================  ========================
+
+``curves.json`` holds the whole history behind the latest curves figure; the figure of an earlier epoch
+``e`` is drawn again from its points with ``epoch <= e``, as the run drew it.
 
 Files that are not the data of a figure (``summary.txt``, other tools' files) are left alone.
 """
@@ -26,9 +34,16 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import multiprocessing
+import os
+import pickle
+import re
 import sys
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +67,7 @@ def from_json(path: Path) -> Loaded | None:
     """The render function, data and PNG stem of a JSON data file; ``None`` when it is no figure's data."""
     from lightning_viz.render.activations import render_activation_stats, render_heatmaps
     from lightning_viz.render.curves import render_curves
+    from lightning_viz.render.health import render_health
     from lightning_viz.render.summary import render_summary
 
     d = json.loads(path.read_text())
@@ -66,7 +82,44 @@ def from_json(path: Path) -> Loaded | None:
         return render_heatmaps, d, name
     if name == "stats" and _is_activation_stats(d):
         return render_activation_stats, d, name
+    if fnmatch.fnmatch(name, "health_step*") and "grad_norms" in d and "loss_steps" in d:
+        return render_health, d, name
     return None
+
+
+def curve_frames(d: Mapping[str, Any], latest: str) -> list[tuple[dict[str, Any], str]]:
+    """Every curves figure a ``curves.json`` draws: ``curves_epoch{e}`` from the points with ``epoch <= e``
+    for each earlier epoch ``e`` with points, then the latest figure (``latest``) from all of them."""
+    m = re.fullmatch(r"curves_epoch(\d+)", latest)
+    frames: list[tuple[dict[str, Any], str]] = []
+    series_all: Mapping[str, Any] = d.get("series") or {}
+    if m:
+        last = int(m[1])
+        epochs = sorted({int(e) for s in series_all.values() for e in s.get("epoch", []) if int(e) < last})
+        for e in epochs:
+            series = {}
+            for n, s in series_all.items():
+                keep = [i for i, x in enumerate(s.get("epoch", [])) if int(x) <= e]
+                if keep:
+                    series[n] = {**s, **{k: [s[k][i] for i in keep] for k in ("step", "epoch", "value")}}
+            panels = [{**p, "series": [n for n in p["series"] if n in series]} for p in d.get("panels", [])]
+            data = {**d, "series": series, "panels": [p for p in panels if p["series"]]}
+            frames.append((data, f"curves_epoch{e:03d}"))
+    frames.append((dict(d), latest))
+    return frames
+
+
+def load(path: Path) -> list[Loaded] | None:
+    """Every figure a data file draws (a ``curves.json`` draws one per epoch); ``None``: no figure's data."""
+    from lightning_viz.render.curves import render_curves
+
+    loaded = from_json(path) if path.suffix == ".json" else from_npz(path)
+    if loaded is None:
+        return None
+    render, data, stem = loaded
+    if render is render_curves:
+        return [(render, frame, name) for frame, name in curve_frames(data, stem)]
+    return [loaded]
 
 
 def _text(a: np.ndarray) -> str:
@@ -77,6 +130,7 @@ def from_npz(path: Path) -> Loaded | None:
     """The render function, data and PNG stem of an NPZ data file; ``None`` when it is no figure's data."""
     from lightning_viz.render.activations import render_feature_maps
     from lightning_viz.render.histograms import render_evolution
+    from lightning_viz.render.metrics import from_record, render_metric
 
     name = path.stem
     with np.load(path, allow_pickle=False) as z:
@@ -129,6 +183,10 @@ def from_npz(path: Path) -> Loaded | None:
                 "not_run": [str(n) for n in z["not_run"]] if "not_run" in keys else [],
             }
             return render_feature_maps, data, name
+        if "metric_class" in keys:  # MetricPlotCallback's <metric>_epochNNN.npz
+            base, _, epoch = name.rpartition("_epoch")
+            record = from_record({k: z[k] for k in keys}, base, int(epoch) if epoch.isdigit() else -1)
+            return (render_metric, record, name) if record is not None else None
     return None
 
 
@@ -142,39 +200,99 @@ def find_data(root: Path) -> list[Path]:
     return sorted(files)
 
 
-def redraw(root: str | Path, out: str | Path | None = None, style: str | None = None) -> dict[str, list]:
+def redraw_file(
+    path: Path, root: Path, out: str | Path | None = None, style: str | None = None
+) -> tuple[list[Path], bool, BaseException | None]:
+    """Redraw the figures of one data file: ``(PNG paths written, skipped, error)``; never raises."""
+    import matplotlib.style
+
+    drawn: list[Path] = []
+    try:
+        with matplotlib.style.context(style) if style else nullcontext():
+            figures = load(path)
+            if figures is None:
+                return drawn, True, None
+            folder = path.parent if out is None else Path(out) / path.parent.relative_to(root)
+            for render, data, stem in figures:
+                fig = render(data)
+                try:
+                    rgba = to_rgba(fig)
+                finally:
+                    close_figure(fig)
+                drawn.append(atomic_write_bytes(folder / f"{stem}.png", png_bytes(rgba)))
+    except Exception as err:  # one broken file does not stop the others
+        return drawn, False, err
+    return drawn, False, None
+
+
+def _redraw_in_worker(
+    path: Path, root: Path, out: str | Path | None, style: str | None
+) -> tuple[list[Path], bool, BaseException | None]:
+    """:func:`redraw_file` in a worker process, its error made safe to send back."""
+    drawn, skipped, err = redraw_file(path, root, out, style)
+    if err is not None:
+        try:
+            pickle.loads(pickle.dumps(err))
+        except Exception:
+            err = RuntimeError(repr(err))
+    return drawn, skipped, err
+
+
+def default_jobs(n_files: int) -> int:
+    """Processes for ``n_files`` data files: one (this process) below 16 files or 4 usable CPUs, where
+    starting processes costs more than it saves; else one per 8 files, at most 8 and one CPU left free."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    if n_files < 16 or cpus < 4:
+        return 1
+    return min(8, cpus - 1, n_files // 8)
+
+
+def redraw(
+    root: str | Path, out: str | Path | None = None, style: str | None = None, jobs: int | None = None
+) -> dict[str, list]:
     """Redraw every figure under ``root``.
 
     Args:
         root: a viz directory (``<log_dir>/viz``) or one callback's folder.
         out: where the PNG files go (the data file's folder, mirrored under ``out``); default beside the data.
         style: a matplotlib style name or file applied while drawing.
+        jobs: processes drawing at once; default :func:`default_jobs` (1 draws in this process).
 
     Returns:
-        ``{"drawn": [png paths], "skipped": [data paths that are no figure's data], "failed": [(path, error)]}``.
+        ``{"drawn": [png paths], "skipped": [data paths that are no figure's data], "failed": [(path, error)]}``,
+        in the order of the data files.
+
+    Raises:
+        OSError: ``style`` is neither a style name nor a readable style file.
     """
     import matplotlib.style
 
     root = Path(root)
+    with matplotlib.style.context(style) if style else nullcontext():  # a bad style fails here, once
+        pass
+    files = find_data(root)
+    jobs = default_jobs(len(files)) if jobs is None else max(1, int(jobs))
+    outcomes: list[tuple[list[Path], bool, BaseException | None]] | None = None
+    if jobs > 1:
+        try:  # spawned workers: nothing of this process (threads, CUDA, open figures) is inherited
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+                args = (repeat(root), repeat(out), repeat(style))
+                outcomes = list(pool.map(_redraw_in_worker, files, *args, chunksize=4))
+        except (OSError, BrokenProcessPool, pickle.PicklingError):  # no processes here: draw in this one
+            outcomes = None
+    if outcomes is None:
+        outcomes = [redraw_file(path, root, out, style) for path in files]
     result: dict[str, list] = {"drawn": [], "skipped": [], "failed": []}
-    ctx = matplotlib.style.context(style) if style else nullcontext()
-    with ctx:
-        for path in find_data(root):
-            try:
-                loaded = from_json(path) if path.suffix == ".json" else from_npz(path)
-                if loaded is None:
-                    result["skipped"].append(path)
-                    continue
-                render, data, stem = loaded
-                fig = render(data)
-                try:
-                    rgba = to_rgba(fig)
-                finally:
-                    close_figure(fig)
-                folder = path.parent if out is None else Path(out) / path.parent.relative_to(root)
-                result["drawn"].append(atomic_write_bytes(folder / f"{stem}.png", png_bytes(rgba)))
-            except Exception as err:  # one broken file does not stop the others
-                result["failed"].append((path, err))
+    for path, (drawn, skipped, err) in zip(files, outcomes):
+        result["drawn"] += drawn
+        if skipped:
+            result["skipped"].append(path)
+        if err is not None:
+            result["failed"].append((path, err))
     return result
 
 
@@ -188,13 +306,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("viz_dir", help="a run's viz directory (e.g. runs/quickstart/version_0/viz)")
     parser.add_argument("--out", default=None, help="write the PNG files here instead of beside the data")
     parser.add_argument("--style", default=None, help="matplotlib style to draw with (e.g. ggplot)")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="processes drawing at once (default: up to 8 for many files)"
+    )
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1; got {args.jobs}")
     root = Path(args.viz_dir)
     if not root.is_dir():
         print(f"lightning-viz render: {str(root)!r} is not a directory", file=sys.stderr)
         return 2
     try:
-        result = redraw(root, args.out, args.style)
+        result = redraw(root, args.out, args.style, args.jobs)
     except OSError as err:  # e.g. an unknown --style file
         print(f"lightning-viz render: {err}", file=sys.stderr)
         return 2

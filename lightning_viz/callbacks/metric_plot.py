@@ -12,15 +12,13 @@ import difflib
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from matplotlib.figure import Figure
 from torchmetrics import Metric
 
 from lightning_viz.core import distributed
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
-from lightning_viz.render._figure import new_figure
+from lightning_viz.render.metrics import metric_record, render_metric
 
 Stage = Literal["val", "train", "test"]
 # class-name fragments of the metrics drawn when `metrics` is not given
@@ -36,26 +34,6 @@ def to_host(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: to_host(v) for k, v in value.items()}
     return value
-
-
-def flatten_arrays(value: Any, prefix: str = "value") -> dict[str, np.ndarray]:
-    """``{"value": array}`` or ``{"value_0": ..., "value_1_2": ...}`` for nested tuples, to save as NPZ."""
-    if isinstance(value, torch.Tensor):
-        return {prefix: value.float().numpy() if value.dtype == torch.bfloat16 else value.numpy()}
-    out: dict[str, np.ndarray] = {}
-    items = value.items() if isinstance(value, dict) else enumerate(value or ())
-    for k, v in items:
-        out.update(flatten_arrays(v, f"{prefix}_{k}"))
-    return out
-
-
-def render_metric(data: dict[str, Any]) -> Figure:
-    """Draw ``data["value"]`` with ``data["metric"].plot`` on a new lightning-viz figure."""
-    fig = new_figure(data.get("width", 6.0), data.get("height", 5.0))
-    ax = fig.add_subplot()
-    data["metric"].plot(data["value"], ax=ax)
-    ax.set_title(f"{data['name']} ({type(data['metric']).__name__}), epoch {data['epoch']}")
-    return fig
 
 
 class MetricPlotCallback(VizCallback):
@@ -105,7 +83,7 @@ class MetricPlotCallback(VizCallback):
         return self._generate_state_key(output_dir=self.output_dir, metrics=self.metrics, stage=self.stage)
 
     # ------------------------------------------------------------------ setup
-    def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def check_model(self, pl_module: LightningModule) -> None:
         self._resolved = resolve_metrics(pl_module, self.metrics)
 
     # ------------------------------------------------------------------ hooks
@@ -163,7 +141,7 @@ class MetricPlotCallback(VizCallback):
                     tag=f"viz/{self.viz_name}/{name}",
                     stem=stem,
                     step=trainer.global_step,
-                    save_data=flatten_arrays(value) or False,
+                    save_data=metric_record(metric, value, name, epoch) or False,  # redrawn from it
                 )
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
+from torchmetrics import Metric, MetricCollection
 
 from lightning_viz.core import distributed
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
@@ -308,6 +309,7 @@ def _summarize(
                 "trainable_params": own.trainable,
                 "trainable": trainable_flag(own),
                 "mult_adds": macs_of(m) if forward else None,
+                "metric": isinstance(m, (Metric, MetricCollection)),  # a torchmetrics object, not a layer
             }
         )
 

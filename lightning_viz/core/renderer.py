@@ -178,6 +178,22 @@ class RenderProcess:
             self.drawn_in_thread += 1
         return draw(render, data)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the child has used so far (user and system, from ``/proc``), or None where unknown.
+
+        Read without the lock (which a drawing holds): the render queue uses it to tell a child that is
+        drawing from one that gets no CPU (:meth:`~lightning_viz.core.writer.BackgroundWriter.late`).
+        """
+        proc = self._proc
+        if proc is None or self.broken is not None:
+            return None
+        try:
+            with open(f"/proc/{proc.pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def child_stats(self) -> dict[str, Any]:
         """Figures still open in the child, and its resident memory in MB (empty when no child runs)."""
         with self._lock:
@@ -299,7 +315,11 @@ def _malloc_trim() -> Callable[[], Any]:
 
 def _child_main() -> None:
     """Serve render requests from stdin until it closes; replies go to the original stdout only."""
-    out = os.fdopen(os.dup(1), "wb")
+    with os.fdopen(os.dup(1), "wb") as out:  # closed at the end (no ResourceWarning at exit)
+        _serve(out)
+
+
+def _serve(out: IO[bytes]) -> None:
     os.dup2(2, 1)  # anything a render function prints goes to stderr, not into the replies
     sys.stdout = sys.stderr
     try:

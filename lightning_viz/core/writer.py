@@ -6,29 +6,33 @@ drawn by the render process, :mod:`lightning_viz.core.renderer`), and everything
 "io" queue, on one thread so that no sink is ever called from two threads. The queues are flushed at fit
 end, when training raises, and at interpreter exit, so no picture is lost.
 
+**Pictures while training runs.** A figure that shows everything so far (learning curves, the weight and
+gradient evolution, activation statistics, the health figure) is *cumulative*: it is submitted with a key
+and waits in its key's line, not in the queue, and the render thread draws a due cumulative figure before
+the next snapshot. They are redrawn in rounds, each figure at most once a round and rounds at least
+``REDRAW_EVERY_S`` seconds apart (6 s; the environment variable ``LIGHTNING_VIZ_REDRAW_S`` sets it), and at
+fit end, so drawing takes a bounded share of a core however short the epochs are; a newer version that
+arrives while the older one waits for its round takes its place. With a core left for the rest (training on
+a GPU, or on all cores but one) the render process draws there, and an epoch's cumulative figures are on
+disk a few seconds after it ends. When every core trains, the render process (``SCHED_IDLE``) gets no CPU;
+:mod:`lightning_viz.core.pacing` then has the training thread wait for a figure that is
+:meth:`~BackgroundWriter.late`, for a bounded share of its time.
+
 When the queue is full, the submitting callback's policy applies: ``"wait"`` blocks the training step until
 there is room (nothing is lost), ``"drop_oldest"`` discards the oldest pending job and warns once.
 
-Under ``"wait"``, a figure still to be drawn does not wait in the queue once drawing is behind
+Under ``"wait"``, a snapshot figure still to be drawn does not wait in the queue once drawing is behind
 (``SUPERSEDE_ABOVE`` or more jobs waiting): it joins an overflow list that refills the queue as the render
-process catches up, a snapshot with its input in a temporary file (:class:`DiskBacked`), a cumulative
-figure in memory in the place of its waiting older version (one per key); the flush at fit end
-draws what is left (at most ``SPILL_MAX`` wait on disk; beyond that the training step waits again). On a
-machine whose every core trains, the render process gets almost no time until then,
-and a long run would otherwise fill the queue with per-epoch pictures and make each epoch end wait for one
-to be drawn. Nothing is lost; the picture arrives later.
+process catches up, its input in a temporary file (:class:`DiskBacked`); the flush at fit end draws what is
+left (at most ``SPILL_MAX`` wait on disk; beyond that the training step waits again). A job that cannot wait
+on disk waits in memory in its turn, never ahead of older ones.
 
-A figure that shows everything so far (an evolution figure, learning curves) is submitted with a key. When
-drawing falls behind (``SUPERSEDE_ABOVE`` or more jobs waiting, or any in the overflow) and an older figure
-with the same key is still waiting, the newer one takes its place instead of queueing behind it: the older
-picture is not drawn (its data file is written as usual, and ``lightning-viz render`` draws it from there),
-one warning says so, and the backlog, and the memory it holds, stops growing with every epoch. The queue and
-the overflow behind it count as one line here: the newer figure takes the place of the oldest waiting one
-of its key, wherever it waits, and any other waiting one of the key is dropped. So each logger receives the
-figures of a key in the order of their steps, and never an older figure after a newer one (when the newer
-one took the place of one in the queue while another waited in the overflow, that one used to arrive last:
-TensorBoard showed ``gradients_evolution`` at step 115 and then at step 69). A job that cannot wait on disk
-waits in memory in its turn, never ahead of older ones.
+A key's line keeps the order of the steps. When drawing is behind (``SUPERSEDE_ABOVE`` or more jobs
+waiting), or the waiting version is held back by the redraw interval, the newer figure takes the place of
+the waiting ones of its key: the older picture is not drawn (its data file is written as usual, and
+``lightning-viz render`` draws it from there), and the backlog, and the memory it holds, does not grow with
+every epoch. A key has at most one figure being drawn and the next is taken only after it, so each logger
+receives the figures of a key in the order of their steps, never an older one after a newer one.
 """
 
 from __future__ import annotations
@@ -48,24 +52,67 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lightning_viz.core.warn import info_once, warn_once
+from lightning_viz.core.warn import warn_once
 
 WhenFull = Literal["wait", "drop_oldest"]
 QUEUE_SIZE = 32
-SUPERSEDE_ABOVE = 8  # jobs waiting: from here on a keyed job replaces a waiting one with the same key
+SUPERSEDE_ABOVE = 8  # jobs waiting: drawing is behind (snapshots wait on disk, keyed twins are replaced)
 SPILL_MAX = 1000  # figures waiting in temporary files; beyond it "wait" waits for the render process again
+REDRAW_EVERY_S = 6.0  # a cumulative figure is redrawn at most this often (per key), and at fit end
+LATE_AFTER_S = 0.5  # a cumulative figure due this long, with no job started or ended meanwhile, is late
+REDRAW_ENV = "LIGHTNING_VIZ_REDRAW_S"
+
+
+def _env_float(name: str, default: float, upper: float | None = None) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and (upper is None or value <= upper)):
+        allowed = f"a number from 0 to {upper:g}" if upper is not None else "a number of seconds >= 0"
+        raise ValueError(f"environment variable {name} must be {allowed}; got {raw!r}")
+    return value
+
+
+def redraw_every_s() -> float:
+    """Seconds between two drawings of one cumulative figure (``LIGHTNING_VIZ_REDRAW_S``, default 6).
+
+    Raises:
+        ValueError: the variable is not a number >= 0 (names the variable and the value).
+    """
+    return _env_float(REDRAW_ENV, REDRAW_EVERY_S)
+
+
+def _umask() -> int:
+    """The process's umask. Read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read (set, then put back at once)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file in the same directory, fsync it, then rename it into place.
 
     A process killed at any moment leaves either the old file, the new file, or a stray ``.tmp`` file,
-    never a truncated ``path``.
+    never a truncated ``path``. The file gets the mode a plain ``open(path, "w")`` would give it
+    (``0o666`` less the umask), not the owner-only mode of the temporary file, so a teammate or a web
+    server can read the pictures and the report as the user's umask allows.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -198,64 +245,176 @@ class _Spilled:
         self.run(payload)
 
 
-class BackgroundWriter:
-    """One daemon thread that runs submitted jobs in order."""
+class _Version:
+    """One version of a cumulative figure waiting in its key's line."""
 
-    def __init__(self, maxsize: int = QUEUE_SIZE, name: str = "lightning-viz-writer") -> None:
+    __slots__ = ("job", "key", "label", "since")
+
+    def __init__(self, key: Any, job: Callable[[], None], label: str, since: float) -> None:
+        self.key, self.job, self.label = key, job, label
+        self.since = since  # when the oldest version it stands for was submitted (that epoch's end)
+
+
+class BackgroundWriter:
+    """One daemon thread that runs submitted jobs: the queue in order, cumulative figures by key.
+
+    Args:
+        maxsize: jobs the queue holds.
+        name: the thread's name.
+        cadence: seconds between two runs of one key's jobs (a number, or a function read at each use).
+        cpu_probe: CPU seconds used so far by whatever runs the jobs (the render process), or None when
+            unknown (:meth:`cpu_seconds`).
+    """
+
+    def __init__(
+        self,
+        maxsize: int = QUEUE_SIZE,
+        name: str = "lightning-viz-writer",
+        cadence: float | Callable[[], float] = 0.0,
+        cpu_probe: Callable[[], float | None] | None = None,
+    ) -> None:
         self._queue: queue.Queue[tuple[Callable[[], None], str, Any] | None] = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # slots changed, a job finished, the queue got one
         self.name = name
+        self._cadence, self._cpu_probe = cadence, cpu_probe
         self._overflow: deque[tuple[Callable[[], None], str, Any]] = deque()  # spilled jobs, in order
+        self._lines: dict[Any, deque[_Version]] = {}  # cumulative figures waiting, per key, oldest first
+        self._round = float("-inf")  # when the current redraw round began (see _due_at)
+        self._in_round: set[Any] = set()  # the keys drawn in it
+        self._running: tuple[_Version, float] | None = None  # the cumulative figure being drawn, its due time
+        self._flushing = 0  # flushes under way: every waiting figure is due now
+        self._progress = time.monotonic()  # when a job last started or ended
         self.dropped = 0
         self.superseded = 0
         self.spilled = 0
         self.completed = 0
 
+    # ------------------------------------------------------------------ the thread
     def _ensure_thread(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
 
+    def _cadence_s(self) -> float:
+        return float(self._cadence() if callable(self._cadence) else self._cadence)
+
+    def _due_at(self, key: Any, index: int, line: deque[_Version], cadence: float) -> float:
+        """When ``line[index]`` may be drawn. Cumulative figures are drawn in rounds at least ``cadence``
+        apart, each key at most once a round: a key's head is due at once if its key has not been drawn in
+        the current round, else when the next round may begin. Rounds keep an epoch's figures together (one
+        wait of the training thread draws them all, see :mod:`~lightning_viz.core.pacing`). The versions
+        behind the head wait for it (never due, as seen now), unless there is no interval or a flush runs."""
+        if self._flushing or cadence <= 0:
+            return line[index].since if index == 0 else 0.0
+        if index > 0:
+            return float("inf")
+        return max(line[0].since, self._round + cadence) if key in self._in_round else line[0].since
+
+    def _next_slot(self, now: float) -> tuple[_Version, float] | float | None:
+        """The due cumulative figure drawn next (taken out of its line), else when the next one is due."""
+        cadence = self._cadence_s()
+        best: tuple[float, Any] | None = None
+        for key, line in self._lines.items():
+            if line:
+                due = self._due_at(key, 0, line, cadence)
+                if best is None or due < best[0]:
+                    best = (due, key)
+        if best is None:
+            return None
+        due, key = best
+        if due > now:
+            return due
+        version = self._lines[key].popleft()
+        if not self._lines[key]:
+            del self._lines[key]
+        return version, due
+
+    def _mark_progress(self) -> None:
+        self._progress = time.monotonic()
+
+    def _execute(self, job: Callable[[], None], label: str) -> None:
+        self._mark_progress()
+        try:
+            job()
+        except Exception as err:  # a failed picture never reaches the training loop
+            warn_once(("writer", label, type(err).__name__), f"lightning-viz: {label} failed: {err!r}")
+        self.completed += 1
+        self._mark_progress()
+
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            slot = None
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    nxt = self._next_slot(now)
+                    if isinstance(nxt, tuple):
+                        slot = nxt
+                        self._running = slot
+                        if now >= self._round + self._cadence_s():  # a new redraw round begins
+                            self._round = now
+                            self._in_round.clear()
+                        self._in_round.add(slot[0].key)
+                        break
+                    if self._queue.qsize():
+                        break
+                    self._cond.wait(None if nxt is None else max(nxt - now, 0.001))
+            if slot is not None:
+                try:
+                    self._execute(slot[0].job, slot[0].label)
+                finally:
+                    with self._cond:
+                        self._running = None
+                        self._cond.notify_all()
+                continue
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:  # "drop_oldest" took it meanwhile
+                continue
             try:
                 if item is None:
                     return
-                job, label, _ = item
-                try:
-                    job()
-                except Exception as err:  # a failed picture never reaches the training loop
-                    warn_once(
-                        ("writer", label, type(err).__name__), f"lightning-viz: {label} failed: {err!r}"
-                    )
-                self.completed += 1
+                self._execute(item[0], item[1])
             finally:
                 self._refill()  # before task_done: flush() (queue.join) then waits for the overflow too
                 self._queue.task_done()
+                with self._cond:
+                    self._cond.notify_all()
+
+    def _put(self, item: tuple[Callable[[], None], str, Any], block: bool = True) -> None:
+        self._queue.put(item, block=block)
+        with self._cond:
+            self._cond.notify_all()
 
     def _refill(self) -> None:
-        """Move spilled jobs back into the queue while it is below the backlog mark."""
-        with self._lock:
+        """Move spilled jobs back into the queue while it is below the backlog mark (and wake the thread:
+        a submitting thread calls this too)."""
+        with self._cond:
             while self._overflow and self._queue.qsize() < SUPERSEDE_ABOVE:
                 try:
                     self._queue.put_nowait(self._overflow[0])
                 except queue.Full:
-                    return
+                    break
                 self._overflow.popleft()
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ submitting
+    def _waiting(self) -> int:
+        """Jobs waiting to run (the queue, the overflow, every key's line); with the lock held."""
+        return self._queue.qsize() + len(self._overflow) + sum(len(line) for line in self._lines.values())
 
     def _in_memory(self) -> int:
         """Snapshot jobs waiting in the overflow in memory (their payload could not go to disk)."""
         with self._lock:  # the writer's thread takes jobs out meanwhile
-            return sum(1 for item in self._overflow if item[2] is None and not isinstance(item[0], _Spilled))
+            return sum(1 for item in self._overflow if not isinstance(item[0], _Spilled))
 
-    def _spill(self, job: Callable[[], None], label: str, key: Any) -> bool:
+    def _spill(self, job: Callable[[], None], label: str) -> bool:
         """Under "wait", send a job to the overflow when behind (or when older jobs already wait there, so
-        that it does not overtake them): a :class:`DiskBacked` payload to disk; a cumulative figure
-        (``key``; at most one per key waits, see :meth:`_supersede`) in memory, with no pickling; a job that
-        cannot be pickled in memory too, at most as many as the queue holds."""
+        that it does not overtake them): a :class:`DiskBacked` payload to disk; a job that cannot be
+        pickled in memory, at most as many as the queue holds."""
         with self._lock:
             if not self._overflow and (
                 not isinstance(job, DiskBacked) or self._queue.qsize() < SUPERSEDE_ABOVE
@@ -263,24 +422,14 @@ class BackgroundWriter:
                 return False
         while len(self._overflow) >= SPILL_MAX:  # bounded on disk too: wait for the render process
             time.sleep(0.01)
-        held: Callable[[], None] | None = job
-        if key is None and isinstance(job, DiskBacked):
-            held = job.spill()
+        held: Callable[[], None] | None = job.spill() if isinstance(job, DiskBacked) else None
         if held is None:  # unpicklable payload or no temporary file: waits in memory, in its turn
             held = job
-        if held is job and key is None:
             while self._overflow and self._in_memory() >= self._queue.maxsize:
                 time.sleep(0.01)
         with self._lock:
-            self._overflow.append((held, label, key))
+            self._overflow.append((held, label, None))
             self.spilled += isinstance(held, _Spilled)  # those in temporary files
-        info_once(
-            ("writer-spill", self.name),
-            f"lightning-viz: figures are produced faster than they are drawn ({SUPERSEDE_ABOVE} or more "
-            f"waiting, e.g. every core is busy training); {label} and later ones wait in temporary files until "
-            "the render process catches up, at the latest at fit end. Nothing is lost and training does not "
-            "wait for them.",
-        )
         self._refill()  # the queue may have drained meanwhile
         return True
 
@@ -289,19 +438,20 @@ class BackgroundWriter:
     ) -> None:
         """Queue ``job``; ``label`` names it in warnings (e.g. ``"WeightHistogramCallback step 40"``).
 
-        ``key`` (hashable) marks a job that makes any waiting job with the same key redundant: see the
-        module docstring.
+        ``key`` (hashable) marks a cumulative figure: a job that makes any waiting job with the same key
+        redundant. It never blocks and is run by key, not in the queue's order: see the module docstring.
         """
         self._ensure_thread()
-        if key is not None and self._supersede(job, label, key):
+        if key is not None:
+            self._submit_keyed(job, label, key)
             return
         if when_full == "wait":
-            if not self._spill(job, label, key):
-                self._queue.put((job, label, key))
+            if not self._spill(job, label):
+                self._put((job, label, None))
             return
         while True:
             try:
-                self._queue.put_nowait((job, label, key))
+                self._put((job, label, None), block=False)
                 return
             except queue.Full:
                 try:
@@ -317,58 +467,95 @@ class BackgroundWriter:
                         f"{old[1]}. Use `when_full='wait'` to keep every picture.",
                     )
 
-    def _supersede(self, job: Callable[[], None], label: str, key: Any) -> bool:
-        """Put ``job`` in the place of the oldest waiting job with the same key, when drawing is behind.
+    def _submit_keyed(self, job: Callable[[], None], label: str, key: Any) -> None:
+        """Add ``job`` to its key's line, or put it in the place of the waiting ones it makes redundant:
+        all of them when drawing is behind, the newest one when that is held back by the redraw interval."""
+        now = time.monotonic()
+        with self._cond:
+            line = self._lines.setdefault(key, deque())
+            if line and self._waiting() >= SUPERSEDE_ABOVE:
+                self.superseded += len(line)
+                since = line[0].since
+                line.clear()
+                line.append(_Version(key, job, label, since))
+            elif line and self._due_at(key, len(line) - 1, line, self._cadence_s()) > now:
+                self.superseded += 1
+                line[-1] = _Version(key, job, label, line[-1].since)
+            else:
+                line.append(_Version(key, job, label, now))
+            self._cond.notify_all()
 
-        The queue and the overflow behind it are one line: the oldest waiting job of the key (in the
-        queue, else in the overflow) gives its place to ``job`` and every later one is dropped, so that
-        at most one per key waits and no older figure of the key can reach the sinks after a newer one.
-        """
-        with self._lock, self._queue.mutex:
-            waiting, overflow = self._queue.queue, self._overflow
-            if not overflow and len(waiting) < SUPERSEDE_ABOVE:
-                return False
-            in_queue = [i for i, item in enumerate(waiting) if item is not None and item[2] == key]
-            in_overflow = [i for i, item in enumerate(overflow) if item[2] == key]
-            if not in_queue and not in_overflow:
-                return False
-            from_queue = bool(in_queue)  # one in the overflow is replaced silently: the spill warning told
-            line, place = (waiting, in_queue.pop(0)) if from_queue else (overflow, in_overflow.pop(0))
-            old = line[place][1]
-            line[place] = (job, label, key)  # the oldest one's place in the line
-            for i in reversed(in_queue):  # later ones are redundant too
-                del waiting[i]
-                self._queue.unfinished_tasks -= 1
-                self._queue.not_full.notify()
-            for i in reversed(in_overflow):
-                dropped = overflow[i][0]
-                del overflow[i]
-                if isinstance(dropped, _Spilled):
-                    _unlink(dropped.path)
-            self.superseded += 1 + len(in_queue) + len(in_overflow)
-        if not from_queue:
-            return True
-        info_once(
-            ("writer-supersede", self.name),
-            f"lightning-viz: figures are produced faster than they are drawn ({SUPERSEDE_ABOVE} or more "
-            f"waiting); {old} was replaced by the newer {label}, which shows the same history and more. Data "
-            "files are written as usual (`lightning-viz render DIR` draws figures from them). Figures that are not cumulative "
-            "are all drawn. Training continues.",
-        )
-        return True
+    # ------------------------------------------------------------------ waiting for figures
+    def _oldest_due(self) -> float | None:
+        """The earliest due time of a cumulative figure waiting or being drawn; with the lock held."""
+        cadence = self._cadence_s()
+        dues = [self._due_at(key, 0, line, cadence) for key, line in self._lines.items() if line]
+        if self._running is not None:
+            dues.append(self._running[1])
+        return min(dues) if dues else None
+
+    def late(self, now: float | None = None) -> bool:
+        """A cumulative figure has been due for ``LATE_AFTER_S`` and no job started or ended meanwhile:
+        either whatever draws gets no CPU, or the figure in hand is long (:meth:`cpu_seconds` tells them
+        apart). Cheap: the training thread asks at every batch boundary."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            due = self._oldest_due()
+        return due is not None and now - due >= LATE_AFTER_S and now - self._progress >= LATE_AFTER_S
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds used so far by whatever draws (the render process), or None when unknown."""
+        return self._cpu_probe() if self._cpu_probe is not None else None
+
+    def wait_late(self, timeout: float) -> float:
+        """Block until every cumulative figure due by now is drawn, or ``timeout`` seconds; the seconds
+        waited."""
+        start = time.monotonic()
+
+        def drawn() -> bool:
+            due = self._oldest_due()
+            return due is None or due > start
+
+        with self._cond:
+            self._cond.wait_for(drawn, timeout)
+        return time.monotonic() - start
 
     def flush(self) -> None:
-        """Block until every queued job has run."""
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.join()
+        """Block until every queued job has run and every cumulative figure waiting is drawn."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
+        try:
+            while True:
+                self._queue.join()
+                with self._cond:
+                    while (self._lines or self._running is not None) and self._thread.is_alive():
+                        self._cond.wait(1.0)
+                    if not self._thread.is_alive() or (
+                        not self._queue.unfinished_tasks and not self._overflow
+                    ):
+                        return
+        finally:
+            with self._cond:
+                self._flushing -= 1
 
     def pending(self) -> int:
-        """Jobs submitted and not yet finished (spilled ones included)."""
-        return self._queue.unfinished_tasks + len(self._overflow)
+        """Jobs submitted and not yet finished (spilled ones and cumulative figures included)."""
+        with self._lock:
+            keyed = sum(len(line) for line in self._lines.values()) + (self._running is not None)
+        return self._queue.unfinished_tasks + len(self._overflow) + keyed
 
 
 _writers: dict[str, BackgroundWriter] = {}
 _writer_lock = threading.Lock()
+
+
+def _render_cpu() -> float | None:
+    from lightning_viz.core import renderer  # renderer imports this module at exit only
+
+    return renderer.get_renderer().cpu_seconds()
 
 
 def get_writer(kind: Literal["io", "render"] = "io") -> BackgroundWriter:
@@ -381,7 +568,11 @@ def get_writer(kind: Literal["io", "render"] = "io") -> BackgroundWriter:
     """
     with _writer_lock:
         if kind not in _writers:
-            _writers[kind] = BackgroundWriter(QUEUE_SIZE, f"lightning-viz-{kind}")
+            if kind == "render":
+                w = BackgroundWriter(QUEUE_SIZE, "lightning-viz-render", redraw_every_s, _render_cpu)
+            else:
+                w = BackgroundWriter(QUEUE_SIZE, f"lightning-viz-{kind}")
+            _writers[kind] = w
             if len(_writers) == 1:
                 atexit.register(flush)
         return _writers[kind]

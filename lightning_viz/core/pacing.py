@@ -1,0 +1,159 @@
+"""Cumulative figures while every core trains: the training thread waits for a late one, a bounded share.
+
+The render process runs at ``nice`` 19 and ``SCHED_IDLE`` (:mod:`lightning_viz.core.renderer`), so that it
+never takes a time slice from training; when every core trains it gets no CPU at all, and a process that is
+not root cannot raise its priority again (Linux allows leaving ``SCHED_IDLE`` only within ``RLIMIT_NICE``,
+which is 0 by default). So on rank zero, at every batch boundary (training and validation), :class:`Pacer`
+asks the render queue whether a cumulative figure is *late*: due for ``LATE_AFTER_S`` (1 s) while the render
+process used less than half a core (:meth:`~lightning_viz.core.writer.BackgroundWriter.late`). If so the
+training thread waits for the figures due by then: the cores go idle and the render process draws on one of
+them. One wait lasts at most ``WAIT_AT_MOST_S`` (2 s; under DDP the other ranks wait no longer than that in
+their next collective, and no rank but zero ever waits), and all the waits together at most ``WAIT_SHARE``
+(20%) of the training's own time, a budget that fills as training runs; ``LIGHTNING_VIZ_WAIT_SHARE`` sets
+it, and 0 turns waiting off. With a core left for the rest nothing is late and training never waits.
+
+An epoch's cumulative figures are then on disk within about the redraw interval
+(:data:`~lightning_viz.core.writer.REDRAW_EVERY_S`, 6 s) plus their drawing time after the epoch ends, or
+within their drawing time over ``WAIT_SHARE`` when that is longer. At fit end one line says how drawing kept
+up (:meth:`Pacer.summary`), only when figures were replaced, waited on disk, or training waited.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_viz.core import writer
+
+WAIT_AT_MOST_S = 2.0  # one wait of the training thread at a batch boundary
+WAIT_SHARE = 0.25  # all the waits together, as a share of the training's own time
+MIN_WAIT_S = 0.5  # the budget is spent in waits this long or longer (the render process draws in chunks)
+STARVED_BELOW = 0.5  # the render process used less than this share of a core: it gets no CPU
+SHARE_ENV = "LIGHTNING_VIZ_WAIT_SHARE"
+
+
+def wait_share() -> float:
+    """The most the training thread may wait for late figures, as a share of its time
+    (``LIGHTNING_VIZ_WAIT_SHARE``, default 0.2; 0: never wait).
+
+    Raises:
+        ValueError: the variable is not a number from 0 to 1 (names the variable and the value).
+    """
+    return writer._env_float(SHARE_ENV, WAIT_SHARE, upper=1.0)
+
+
+class Pacer:
+    """The training thread's side of the render queue (rank zero only; see the module docstring).
+
+    :meth:`batch_boundary` runs at every batch boundary: when a cumulative figure is late and the render
+    process got less than ``STARVED_BELOW`` of a core over the last ``LATE_AFTER_S`` of training, the
+    training thread waits for it, at most ``WAIT_AT_MOST_S`` at a time and ``WAIT_SHARE`` of its time in all
+    (a budget that fills as training runs, spent in waits of ``MIN_WAIT_S`` or more). :meth:`summary` is the
+    one line at fit end.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start counting for a new fit."""
+        self.started = self.last = time.monotonic()
+        self.budget, self.waited, self.waits = WAIT_AT_MOST_S, 0.0, 0
+        self._mark: tuple[float, float] | None = None  # (time, render CPU seconds) while a figure is late
+        w = writer._writers.get("render")
+        self._counts = {k: getattr(w, k, 0) for k in ("completed", "superseded", "spilled")}
+
+    def _starved(self, w: writer.BackgroundWriter, now: float) -> bool:
+        """Whether the render process got (almost) no CPU over the last ``LATE_AFTER_S`` of training; the
+        first call after a figure turns late starts the measurement. True where its CPU time is unknown."""
+        cpu = w.cpu_seconds()
+        if cpu is None:
+            return True
+        mark = self._mark
+        if mark is None or now - mark[0] > 4 * writer.LATE_AFTER_S:
+            self._mark = (now, cpu)
+            return False
+        if now - mark[0] < writer.LATE_AFTER_S:
+            return False
+        self._mark = (now, cpu)
+        return (cpu - mark[1]) / (now - mark[0]) < STARVED_BELOW
+
+    def batch_boundary(self) -> None:
+        w = writer._writers.get("render")
+        if w is None:
+            return
+        now = time.monotonic()
+        share = wait_share()
+        self.budget = min(WAIT_AT_MOST_S, self.budget + share * (now - self.last))
+        self.last = now
+        if share <= 0 or not w.late(now):
+            self._mark = None
+            return
+        if not self._starved(w, now) or self.budget < min(MIN_WAIT_S, WAIT_AT_MOST_S):
+            return
+        waited = w.wait_late(self.budget)
+        self.budget -= waited
+        self.waited += waited
+        self.waits += 1
+        self.last = time.monotonic()  # waiting does not fill the budget: a share of training's own time
+        cpu = w.cpu_seconds()
+        self._mark = (self.last, cpu) if cpu is not None else None
+
+    def summary(self) -> str | None:
+        """How drawing kept up during this fit, in one line; None when every figure was drawn as it came."""
+        w = writer._writers.get("render")
+        if w is None:
+            return None
+        got = {k: getattr(w, k) - v for k, v in self._counts.items()}
+        if not (got["superseded"] or got["spilled"] or self.waits):
+            return None
+        parts = [f"lightning-viz: drew {got['completed']} figure{'s' if got['completed'] != 1 else ''}"]
+        if got["superseded"]:
+            parts.append(
+                f"{got['superseded']} replaced by newer versions before they were drawn (their data files are "
+                "kept; `lightning-viz render DIR` draws them)"
+            )
+        if got["spilled"]:
+            parts.append(f"{got['spilled']} waited in temporary files while drawing was behind")
+        if self.waits:
+            total = max(time.monotonic() - self.started, 1e-9)
+            parts.append(
+                f"training paused {self.waited:.1f} s ({100 * self.waited / total:.0f}% of the fit) at batch "
+                "boundaries so that figures were drawn while every core was busy"
+            )
+        return "; ".join(parts) + "."
+
+
+class DrawingPacer(Callback):
+    """The :class:`Pacer` of one trainer, added to ``trainer.callbacks`` by the first lightning-viz callback
+    that draws (rank zero only) in its ``setup``: a lightning-viz callback may override any hook without
+    calling ``super()``, so the pacing has a callback of its own. Last in the list, its ``on_fit_end`` runs
+    after every other callback has drawn its final figures."""
+
+    def __init__(self) -> None:
+        self.pacer = Pacer()
+
+    @classmethod
+    def attach(cls, trainer: Trainer) -> None:
+        """Add one to ``trainer`` unless it has one; checks the environment variables (``ValueError``)."""
+        writer.redraw_every_s(), wait_share()  # a wrong value fails here, naming the variable
+        if not any(isinstance(cb, cls) for cb in trainer.callbacks):  # type: ignore[attr-defined]
+            trainer.callbacks.append(cls())  # type: ignore[attr-defined]
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.pacer.reset()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.pacer.batch_boundary()
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.pacer.batch_boundary()
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        writer.flush()
+        line = self.pacer.summary()
+        if line:
+            rank_zero_info(line)
