@@ -9,7 +9,7 @@ process used less than half a core (:meth:`~lightning_viz.core.writer.Background
 training thread waits for the figures due by then: the cores go idle and the render process draws on one of
 them. One wait lasts at most ``WAIT_AT_MOST_S`` (2 s; under DDP the other ranks wait no longer than that in
 their next collective, and no rank but zero ever waits), and all the waits together at most ``WAIT_SHARE``
-(20%) of the training's own time, a budget that fills as training runs; ``LIGHTNING_VIZ_WAIT_SHARE`` sets
+(25%) of the training's own time, a budget that fills as training runs; ``LIGHTNING_VIZ_WAIT_SHARE`` sets
 it, and 0 turns waiting off. With a core left for the rest nothing is late and training never waits.
 
 An epoch's cumulative figures are then on disk within about the redraw interval
@@ -30,14 +30,14 @@ from lightning_viz.core import writer
 
 WAIT_AT_MOST_S = 2.0  # one wait of the training thread at a batch boundary
 WAIT_SHARE = 0.25  # all the waits together, as a share of the training's own time
-MIN_WAIT_S = 0.5  # the budget is spent in waits this long or longer (the render process draws in chunks)
+MIN_WAIT_S = 2.0  # the budget is spent in waits this long (a whole redraw round at once), not in crumbs
 STARVED_BELOW = 0.5  # the render process used less than this share of a core: it gets no CPU
 SHARE_ENV = "LIGHTNING_VIZ_WAIT_SHARE"
 
 
 def wait_share() -> float:
     """The most the training thread may wait for late figures, as a share of its time
-    (``LIGHTNING_VIZ_WAIT_SHARE``, default 0.2; 0: never wait).
+    (``LIGHTNING_VIZ_WAIT_SHARE``, default 0.25; 0: never wait).
 
     Raises:
         ValueError: the variable is not a number from 0 to 1 (names the variable and the value).
