@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 TARGETS = {
-    "suite_overhead_ratio": ("<=", 1.05),  # steady state, see "What is measured"
+    "suite_overhead_ratio": ("<=", 1.05),  # steady state, every core trains; see "What is measured"
+    "suite_overhead_core_free_ratio": ("<=", 1.02),  # steady state, a core left for drawing
     "hist_speedup_vs_tensorboard": (">=", 8.0),
     "hist_speedup_vs_wandb": (">=", 2.0),
     "figure_latency_s": ("<=", 10.0),  # a core left for the rest; see "Pictures while training runs"
@@ -122,15 +123,27 @@ def _overhead_section(o: dict) -> list[str]:
     ratios = ", ".join(f"{x:.3f}" for x in o["ratios"])
     aa = ", ".join(f"{x:.3f}" for x in o["aa_ratios"])
     lo, hi = o["b0_steady_ms_range"]
+    core_free = o.get("setting") == "core_free"
     where = (
-        f"each in a fresh process pinned to its own core (cores {o['cores'][0]} and {o['cores'][1]}) with one torch "
+        f"both in fresh processes pinned to the same core (cores {o['cores'][0]} and {o['cores'][1]} in turn, "
+        "every two rounds) with one torch thread each, which one starts first alternating every round; the "
+        "suite's render process is pinned to the other core, so its figures are drawn there while it trains "
+        "(a core left for the rest, as on a GPU machine)"
+        if core_free and o.get("cores")
+        else f"each in a fresh process pinned to its own core (cores {o['cores'][0]} and {o['cores'][1]}) with one torch "
         "thread, which one starts first alternating every round and the cores every two rounds; the suite's render process inherits the pinning, so drawing is "
-        "charged to the suite's core"
+        "charged to the suite's core: its figures are drawn while its training thread waits for them "
+        "(`lightning_viz/core/pacing.py`, at most a quarter of its time)"
         if o.get("cores")
         else "each in a fresh process with one torch thread (this platform cannot pin processes to cores)"
     )
+    title = (
+        "## Full suite beside no callbacks, a core left for drawing (`suite_overhead_core_free_ratio`)"
+        if core_free
+        else "## Full suite beside no callbacks, every core training (the headline `suite_overhead_ratio`)"
+    )
     lines = [
-        "## Full suite beside no callbacks (the headline `suite_overhead_ratio`)",
+        title,
         "",
         f"The example CNN ({o['steps_per_epoch']} steps per epoch) with the quickstart's four core callbacks at "
         f"their default settings, and B0, trained at the same time, {where}. Both fits of a round start "
@@ -255,6 +268,8 @@ def write_results_md(folder: Path) -> Path:
         lines += [""]
         if "overhead" in cpu:
             lines += _overhead_section(cpu["overhead"])
+        if "overhead_core_free" in cpu:
+            lines += _overhead_section(cpu["overhead_core_free"])
         if "latency" in cpu:
             lines += _latency_section(cpu["latency"])
         if "histograms" in cpu:

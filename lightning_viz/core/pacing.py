@@ -30,7 +30,7 @@ from lightning_viz.core import writer
 
 WAIT_AT_MOST_S = 2.0  # one wait of the training thread at a batch boundary
 WAIT_SHARE = 0.25  # all the waits together, as a share of the training's own time
-MIN_WAIT_S = 2.0  # the budget is spent in waits this long (a whole redraw round at once), not in crumbs
+MIN_WAIT_S = 0.5  # the budget is spent in waits this long or longer (the render process draws in chunks)
 STARVED_BELOW = 0.5  # the render process used less than this share of a core: it gets no CPU
 SHARE_ENV = "LIGHTNING_VIZ_WAIT_SHARE"
 

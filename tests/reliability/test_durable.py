@@ -54,7 +54,8 @@ def final_files(viz: Path) -> list[Path]:
     return sorted(set(files) - set(strays))
 
 
-@pytest.mark.timeout(150)
+# training about a minute, then render redraws every figure kind (incl. each epoch's curves) on 2 cores
+@pytest.mark.timeout(300)
 def test_sigkill_while_writing_leaves_only_complete_files_and_render_redraws(tmp_path):
     viz = tmp_path / "viz"
     proc = subprocess.Popen(
