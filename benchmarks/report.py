@@ -263,7 +263,7 @@ def write_results_md(folder: Path) -> Path:
         ]
         for key, (op, t) in TARGETS.items():
             v = cpu.get(key)
-            shown = _f(v, "{:.3f}") if isinstance(v, float) else str(v)
+            shown = _f(v, "{:.3f}") if isinstance(v, float) or v is None else str(v)
             lines.append(f"| `{key}` | {shown} | {op} {t} | {_met(key, v)} |")
         lines += [""]
         if "overhead" in cpu:

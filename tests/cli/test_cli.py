@@ -283,7 +283,9 @@ def test_viz_defaults_false_keeps_only_the_configured_callbacks(capsys, base_con
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lightning-viz:")]
     assert lines == ["lightning-viz: no lightning-viz callback was on (--viz_defaults=false)"]
-    assert not any(type(cb).__module__.startswith("lightning_viz") for cb in cli.trainer.callbacks)
+    from lightning_viz.core.base import VizCallback
+
+    assert not any(isinstance(cb, VizCallback) for cb in cli.trainer.callbacks)
 
 
 @pytest.mark.slow

@@ -52,6 +52,22 @@ def test_start_loads_matplotlib_before_the_first_figure(proc):
     assert stats["sched_idle"] is sys.platform.startswith("linux")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_the_childs_cpu_time_tells_drawing_from_starving(proc):
+    """What the pacer reads to tell a render process that draws from one that gets no CPU: the child's own
+    CPU time, which grows while it draws; None once it is gone (drawing then falls back to the thread)."""
+    assert proc.cpu_seconds() is None  # not started
+    proc.start()
+    proc.child_stats()  # after the warm-up
+    before = proc.cpu_seconds()
+    for _ in range(20):  # well over the 10 ms resolution of the clock
+        proc.render(render_funcs.bars, DATA)
+    after = proc.cpu_seconds()
+    assert before is not None and before > 0 and after > before
+    proc.close()
+    assert proc.cpu_seconds() is None
+
+
 def test_a_render_function_that_prints_does_not_corrupt_the_replies(proc):
     for _ in range(2):
         rgba, _ = proc.render(render_funcs.chatty, DATA)
