@@ -35,8 +35,11 @@ demo: $(DEMO)
 	@echo "Pictures: runs/quickstart/version_*/viz/  (TensorBoard: $(VENV)/bin/tensorboard --logdir runs)"
 
 # pytest exits 5 when it collects no test: that must fail, and it does (any non-zero exit fails make).
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist); most tests wait on one core, the subprocess
+# and multi-process ones on several. PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 2
 test: $(DEV)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check .

@@ -374,9 +374,13 @@ class CurvePlotCallback(VizCallback):
             self._check_panels(trainer)
 
     def _check_panels(self, trainer: Trainer) -> None:
-        """After the first training epoch, one warning naming the patterns of user-set ``panels`` that
+        """After the first training epoch that holds a logging step, one warning naming the patterns of user-set ``panels`` that
         matched no logged metric, against the names that were logged."""
         if self._panels_checked or trainer.sanity_checking or not self._check_patterns:
+            return
+        # Step-level values (the learning rate, `on_step` metrics) are recorded on logging steps only: until
+        # one has passed, a pattern for them matches nothing though it is right. Check at a later epoch end.
+        if lightning_state.logger_step(trainer) < (self.every_n_steps or trainer.log_every_n_steps or 1):
             return
         self._panels_checked = True
         names = sorted(self.history)

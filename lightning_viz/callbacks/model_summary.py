@@ -23,11 +23,10 @@ from typing import Any, Literal, get_args
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
-from torchmetrics import Metric, MetricCollection
 
 from lightning_viz.core import distributed
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
-from lightning_viz.core.hooks import eager
+from lightning_viz.core.hooks import eager, is_metric
 from lightning_viz.core.model_input import ModelInput, example_of, feed_hint, model_input
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.summary import render_summary
@@ -309,7 +308,7 @@ def _summarize(
                 "trainable_params": own.trainable,
                 "trainable": trainable_flag(own),
                 "mult_adds": macs_of(m) if forward else None,
-                "metric": isinstance(m, (Metric, MetricCollection)),  # a torchmetrics object, not a layer
+                "metric": is_metric(m),  # a torchmetrics object (or a list of them), not a layer
             }
         )
 

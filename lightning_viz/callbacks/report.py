@@ -84,7 +84,7 @@ class ReportCallback(VizCallback):
             uniform signature.
     """
 
-    viz_name = "report"
+    viz_name = ""  # the report reads and writes the viz directory itself, not a folder of its own
 
     def __init__(
         self, max_frames: int = 60, output_dir: str | None = None, when_full: WhenFull = "wait"
@@ -98,9 +98,6 @@ class ReportCallback(VizCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if not self.output_dir:  # the report reads the viz directory itself, not a folder of its own
-            assert self.viz_dir is not None
-            self.viz_dir = self.viz_dir.parent
         if stage == "fit":
             self._started = (time.time(), time.monotonic())
             # LightningCLI's SaveConfigCallback writes <trainer.log_dir>/<config_filename> in its setup

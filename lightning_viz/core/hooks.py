@@ -18,16 +18,14 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 
-def _is_metric(module: nn.Module) -> bool:
+def is_metric(module: nn.Module) -> bool:
     """Whether ``module`` is a torchmetrics ``Metric`` or a container of nothing but metrics (a ModuleList of
     one per dataloader), without importing torchmetrics."""
     if any(c.__module__.startswith("torchmetrics") for c in type(module).__mro__[:-2]):
         return True
     children = list(module.children())
     return (
-        isinstance(module, nn.ModuleList | nn.ModuleDict)
-        and bool(children)
-        and all(map(_is_metric, children))
+        isinstance(module, nn.ModuleList | nn.ModuleDict) and bool(children) and all(map(is_metric, children))
     )
 
 
@@ -50,7 +48,7 @@ def match_modules(
         predicate: optional filter (name, module) -> keep.
     """
     named = [(n, m) for n, m in model.named_modules() if n]
-    metrics = [n for n, m in named if _is_metric(m)]  # torchmetrics objects are not layers
+    metrics = [n for n, m in named if is_metric(m)]  # torchmetrics objects are not layers
     named = [(n, m) for n, m in named if not any(n == p or n.startswith(p + ".") for p in metrics)]
     if predicate is not None:
         named = [(n, m) for n, m in named if predicate(n, m)]

@@ -62,6 +62,7 @@ class Pacer:
         """Start counting for a new fit."""
         self.started = self.last = time.monotonic()
         self.budget, self.waited, self.waits = WAIT_AT_MOST_S, 0.0, 0
+        self.share = wait_share()  # read once a fit, not at every batch boundary
         self._mark: tuple[float, float] | None = None  # (time, render CPU seconds) while a figure is late
         w = writer._writers.get("render")
         self._counts = {k: getattr(w, k, 0) for k in ("completed", "superseded", "spilled")}
@@ -86,7 +87,7 @@ class Pacer:
         if w is None:
             return
         now = time.monotonic()
-        share = wait_share()
+        share = self.share
         self.budget = min(WAIT_AT_MOST_S, self.budget + share * (now - self.last))
         self.last = now
         if share <= 0 or not w.late(now):

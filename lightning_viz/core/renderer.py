@@ -2,8 +2,9 @@
 
 Drawing a figure is seconds of pure-Python matplotlib work. In a thread of the training process it holds the
 GIL, and a training loop that releases and takes back the GIL around every kernel launch then waits a GIL
-switch interval each time: on a 2-core machine a 4.4 ms step of the example CNN took 17.2 ms while figures
-were drawn in a thread, 4.7 ms while they were drawn in this process (``make bench``, benchmarks/RESULTS.md).
+switch interval each time: a step of the example CNN takes several times as long while figures are drawn in
+a thread, and about as long as alone while they are drawn in this process (``make bench`` measures the three
+side by side: ``drawing`` in benchmarks/results.json and RESULTS.md).
 So the render queue's thread hands each ``render(data) -> Figure`` call to one
 child process (started when a callback is set up; it loads matplotlib and the render functions, then
 drops to ``nice`` 19 and ``SCHED_IDLE``; one torch thread, matplotlib's Agg backend), which draws,
@@ -289,9 +290,8 @@ def _warm_up() -> None:
 def _lowest_priority() -> None:
     """``nice`` 19, and on Linux the ``SCHED_IDLE`` policy: the child then runs only when no training thread
     wants the core. At ``nice`` 19 alone it still took time slices from training threads, and a training
-    step whose intra-op threads wait for one another at a barrier stalls whenever one of them is preempted
-    (``make bench``: the example CNN's steps took 1.20 times as long beside a drawing render process at
-    ``nice`` 19, 1.05 times with ``SCHED_IDLE``)."""
+    step whose intra-op threads wait for one another at a barrier stalls whenever one of them is preempted;
+    with ``SCHED_IDLE`` it is not preempted by the child at all."""
     try:
         os.nice(19)
     except (AttributeError, OSError):

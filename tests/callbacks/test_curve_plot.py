@@ -424,3 +424,27 @@ def test_a_checkpoint_keeping_the_worse_end_of_a_torchmetric_is_reported(tmp_pat
     with pytest.warns(VizWarning, match=r"ModelCheckpoint\(monitor='val_mae', mode='max'\).*set mode='min'"):
         fit(tmp_path, cb, epochs=1, model=Regression(), extra=[wrong], enable_checkpointing=True)
     assert cb.direction("val_mae") == ("min", "torchmetrics")
+
+
+def _panel_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "match no logged metric" in str(w.message)]
+
+
+def test_a_right_learning_rate_pattern_is_not_blamed_before_a_logging_step(tmp_path):
+    # Epochs of 4 steps, recording every 10: the first epoch ends before any learning rate is recorded.
+    panels = {"loss": ["*loss*"], "learning rate": ["lr*"]}
+    cb = CurvePlotCallback(panels=panels, every_n_steps=10)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit(tmp_path, cb, epochs=3)
+    assert not _panel_warnings(record)
+    assert "lr-SGD" in cb.history  # recorded at step 9, in the third epoch
+
+
+def test_a_pattern_that_matches_nothing_is_named_once_logging_steps_have_passed(tmp_path):
+    panels = {"loss": ["*loss*"], "accuracy": ["*accuracy*"]}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit(tmp_path, CurvePlotCallback(panels=panels, every_n_steps=10), epochs=3)
+    (message,) = _panel_warnings(record)
+    assert "accuracy: '*accuracy*'" in message and "loss" not in message.split("Logged metrics")[0]

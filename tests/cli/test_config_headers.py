@@ -5,9 +5,15 @@ config added later is covered; one whose header shows no command fails
 ``test_every_config_documents_a_command``): each indented line that starts with ``lightning-viz``
 (``#   lightning-viz fit --config ...``), a trailing ``# comment`` dropped.
 
-Each runs as a subprocess of the console script, shlex-split exactly as written, from a temporary working
-directory that holds a ``configs`` symlink to the repository's ``configs/``, so the header's relative paths
-work and every output (``runs/``, ``data/``, MLflow's database) lands in the temporary directory. The ONLY
+Each runs shlex-split exactly as written, from a temporary working directory that holds a ``configs``
+symlink to the repository's ``configs/``, so the header's relative paths work and every output (``runs/``,
+``data/``, MLflow's database) lands in the temporary directory. The commands that start processes of their
+own (the distributed overlays), the one that must fail offline, W&B's and the quickstart run as subprocesses of
+the installed console script; the others run through the function the console script calls
+(``lightning_viz.cli.main``) in this process, with the same arguments, working directory and environment,
+their Python warnings shown as Lightning shows them (``<file>:<line>: <message>``): the same code path
+without paying 10-16 s of ``import torch`` per command (``tests/cli/test_first_run.py`` runs the script
+itself as users type it). The ONLY
 change to a command is the short-training overrides appended at its end (``SHORT``: one epoch of 3 training
 and 2 validation batches, no progress bar), to keep the suite short. The HTTP(S) proxy is set to a closed
 local port, so every run is offline whatever the machine: downloads fail fast and the same way everywhere.
@@ -30,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib.image
@@ -198,7 +205,7 @@ def test_every_config_documents_a_command(path):
 
 
 def test_the_exception_lists_name_header_commands():
-    stale = (set(OFFLINE_FAILS) | set(NEEDS_GPUS) | set(DOCUMENTED_STDERR)) - set(COMMANDS)
+    stale = (set(OFFLINE_FAILS) | set(NEEDS_GPUS) | set(DOCUMENTED_STDERR) | AS_SUBPROCESS) - set(COMMANDS)
     assert not stale, f"not a header command any more: {sorted(stale)}"
     headers = " ".join(" ".join(header(p)) for p in CONFIGS)
     gone = [m for m in BEYOND_SHORT_RUN if m not in headers]
@@ -241,6 +248,49 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
         out, err = proc.communicate()
         pytest.fail(f"`{command}` did not finish in {TIMEOUT} s:\n{out[-2000:]}\n{err[-4000:]}")
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+# Header commands that run as subprocesses of the console script (see the module docstring): the
+# quickstart, and W&B, whose run is process-global (an in-process run would stay the active one and a later
+# WandbLogger in this process would log into it).
+AS_SUBPROCESS = {
+    "lightning-viz fit --config configs/quickstart.yaml",
+    "lightning-viz fit --config configs/quickstart.yaml --config configs/loggers/wandb.yaml",
+}
+
+
+def as_subprocess(command: str) -> bool:
+    return command in AS_SUBPROCESS or command in OFFLINE_FAILS or is_distributed(command)
+
+
+def run_in_process(
+    command: str, cwd: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> subprocess.CompletedProcess:
+    """``command`` plus ``SHORT`` through ``lightning_viz.cli.main``, from ``cwd`` with the environment of
+    :func:`environment`; stdout and stderr as the process would print them, warnings included."""
+    from lightning_viz.cli import main
+    from lightning_viz.core.warn import reset_warnings
+
+    (cwd / "configs").symlink_to(CONFIG_DIR, target_is_directory=True)
+    argv = [*shlex.split(command), *SHORT]
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # main puts the working directory on it
+    for key, value in environment().items():
+        if os.environ.get(key) != value:
+            monkeypatch.setenv(key, value)
+    reset_warnings()
+    capfd.readouterr()
+    code = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            main()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capfd.readouterr()
+    shown = "".join(f"{w.filename}:{w.lineno}: {w.message}\n" for w in caught)
+    return subprocess.CompletedProcess(argv, code, out, shown + err)
 
 
 def warnings_of_ours(stderr: str) -> list[str]:
@@ -289,8 +339,12 @@ def assert_report(report: Path | None) -> None:
 
 
 @pytest.mark.parametrize("command", params())
-def test_header_command_runs(tmp_path, command):
-    proc = run(command, tmp_path)
+def test_header_command_runs(tmp_path, command, capfd, monkeypatch):
+    proc = (
+        run(command, tmp_path)
+        if as_subprocess(command)
+        else run_in_process(command, tmp_path, capfd, monkeypatch)
+    )
     log = f"`{command}` (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
     if command in OFFLINE_FAILS:

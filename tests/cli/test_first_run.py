@@ -122,6 +122,8 @@ def test_own_project_trains_with_the_core_callbacks_and_files_follow_the_umask(p
     for name in CORE:
         assert list((viz / name).glob("*.png")), f"{name} drew nothing: {sorted(os.listdir(viz))}"
     assert (viz / "report.html").is_file()
+    empty = [d for d in viz.rglob("*") if d.is_dir() and not any(d.iterdir())]
+    assert not empty, f"empty folders left in the viz directory: {empty}"
     # quiet: no warning from us; at most the one line at fit end on how drawing kept up
     # (Python warnings print as "<file>:<line>: <message>"; ours are raised from inside lightning_viz/)
     warned = [ln for ln in done.stderr.splitlines() if "VizWarning" in ln or "/lightning_viz/" in ln]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassROC
+from torchmetrics.classification import MulticlassAccuracy, MulticlassROC
 
 import lightning_viz.callbacks as public
 from lightning_viz import (
@@ -29,7 +29,8 @@ from lightning_viz import (
 from lightning_viz.core import writer
 from lightning_viz.report import FRAME
 from lightning_viz.rerender import main, redraw
-from tests.helpers import RandomImages, TinyCNN, make_trainer
+from tests.helpers import RandomImages, make_trainer
+from tests.integrations.test_metric_plot import WithMetrics
 
 KINDS = {
     "model_summary": {"summary"},
@@ -41,14 +42,13 @@ KINDS = {
 }
 
 
-class EveryKind(TinyCNN):
-    """TinyCNN with torchmetrics objects: an accuracy logged as a Metric, a confusion matrix and a ROC."""
+class EveryKind(WithMetrics):
+    """TinyCNN with torchmetrics objects: a confusion matrix and a ROC (from the MetricPlot tests), and an
+    accuracy logged as a Metric."""
 
     def __init__(self) -> None:
         super().__init__()
         self.train_acc = MulticlassAccuracy(num_classes=4)
-        self.val_confmat = MulticlassConfusionMatrix(num_classes=4)
-        self.val_roc = MulticlassROC(num_classes=4, thresholds=8)
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
@@ -56,13 +56,6 @@ class EveryKind(TinyCNN):
         self.train_acc(self(x), y)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
-
-    def validation_step(self, batch, batch_idx):
-        super().validation_step(batch, batch_idx)
-        x, y = batch
-        logits = self(x)
-        self.val_confmat.update(logits, y)
-        self.val_roc.update(logits.softmax(1), y)
 
 
 def every_callback() -> list:
