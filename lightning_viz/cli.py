@@ -35,12 +35,6 @@ import lightning_viz.callbacks  # imported so that `fit --help` lists every ligh
 from lightning_viz.core import distributed, errors
 from lightning_viz.core.base import VizCallback
 
-try:  # import the example projects so that short names work: --model DigitsClassifier
-    import example_projects.digits
-    import example_projects.mnist  # noqa: F401
-except ImportError:  # pragma: no cover - lightning_viz vendored without its examples
-    pass
-
 # What is on when no lightning-viz callback is configured (``--viz_defaults=false`` turns it off).
 DEFAULT_CALLBACKS = (
     "ModelSummaryCallback",

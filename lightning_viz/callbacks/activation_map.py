@@ -37,6 +37,7 @@ from lightning_viz.core.activation_stats import (
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
 from lightning_viz.core.hooks import Passed, capture_passed, eager, is_activation, match_modules
 from lightning_viz.core.model_input import ModelInput, example_of, feed_hint, model_input
+from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import VizWarning, rank_zero_warn, warn_once
 from lightning_viz.render.activations import render_activation_stats, render_feature_maps, render_heatmaps
 
@@ -211,7 +212,9 @@ class ActivationMapCallback(VizCallback):
     Args:
         every_n_epochs: capture at the end of every N-th training epoch; ``null`` to turn off. When both
             schedules are off, one capture runs at the end of training.
-        every_n_steps: capture after every N-th optimizer step; ``null`` to turn off.
+        every_n_steps: capture every N-th optimizer step: steps 0, N, 2N, ... (the model after that many
+            updates, before the step's batch runs); ``"log_every_n_steps"`` follows the Trainer's; ``null``
+            to turn off. The same schedule in every lightning-viz callback.
         layers: glob patterns over qualified module names (``"features.*"``, ``"*conv*"``; names as in the
             uncompiled model, without ``_orig_mod``). Default: every convolution (``Conv1d``-``3d``,
             ``ConvTranspose1d``-``3d``); a model without one uses its Linear layers (except
@@ -238,7 +241,7 @@ class ActivationMapCallback(VizCallback):
     def __init__(
         self,
         every_n_epochs: int | None = 1,
-        every_n_steps: int | None = None,
+        every_n_steps: EveryNSteps = None,
         layers: list[str] | None = None,
         sample_size: int = 8,
         sample_from: SampleFrom = "val",
@@ -251,8 +254,7 @@ class ActivationMapCallback(VizCallback):
         when_full: WhenFull = "wait",
     ) -> None:
         super().__init__(output_dir=output_dir, when_full=when_full)
-        check_int("every_n_epochs", every_n_epochs, optional=True)
-        check_int("every_n_steps", every_n_steps, optional=True)
+        self.schedule = Schedule(every_n_steps, every_n_epochs)
         check_int("sample_size", sample_size)
         check_int("max_channels", max_channels)
         check_int("sample_index", sample_index, minimum=0)
@@ -285,6 +287,9 @@ class ActivationMapCallback(VizCallback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(output_dir=self.output_dir, layers=self.layers)
+
+    def records(self) -> frozenset[str]:
+        return frozenset({"activation_stats"})
 
     # ------------------------------------------------------------------ setup
     def check_model(self, pl_module: LightningModule) -> None:
@@ -359,18 +364,15 @@ class ActivationMapCallback(VizCallback):
         named = named_layers(pl_module)
         self._modules = {n: named[n] for n in self.layer_names if n in named}
 
-    # ------------------------------------------------------------------ schedule
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
-            self.capture(trainer, pl_module)
+    # ------------------------------------------------------------------ schedule (VizCallback counts)
+    def capture_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int) -> None:
+        self.capture(trainer, pl_module)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.capture(trainer, pl_module)
+    def capture_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.capture(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.every_n_epochs is None and self.every_n_steps is None:
+        if self.schedule.off:
             self.capture(trainer, pl_module)
 
     # ------------------------------------------------------------------ sample

@@ -30,7 +30,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import Metric
 
 from lightning_viz.core import lightning_state
-from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
+from lightning_viz.core.base import VizCallback, WhenFull, check_choice
+from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.curves import render_curves
 
@@ -90,8 +91,9 @@ class CurvePlotCallback(VizCallback):
             other source (e.g. ``{val_mae: min, "*f1*": max}``).
         log_lr: record each optimizer param group's learning rate as ``lr-<Optimizer>`` (``/pgN`` appended
             when it has several groups, ``-K`` when several optimizers share a class), on recorded steps.
-        every_n_steps: record step-level values every N optimizer steps; ``None`` follows
-            ``trainer.log_every_n_steps``.
+        every_n_steps: record step-level values (and learning rates) every N-th optimizer step: steps 0,
+            N, 2N, ...; ``"log_every_n_steps"`` (the default) follows the Trainer's; ``null`` records
+            epoch-level values only. The same schedule in every lightning-viz callback.
         output_dir: where files go; default ``<trainer.log_dir>/viz/curves``.
         when_full: what to do when the background rendering queue is full: ``"wait"`` or ``"drop_oldest"``.
     """
@@ -107,7 +109,7 @@ class CurvePlotCallback(VizCallback):
         mark_best: bool = True,
         mode: dict[str, Mode] | None = None,
         log_lr: bool = True,
-        every_n_steps: int | None = None,
+        every_n_steps: EveryNSteps = "log_every_n_steps",
         output_dir: str | None = None,
         when_full: WhenFull = "wait",
     ) -> None:
@@ -115,7 +117,7 @@ class CurvePlotCallback(VizCallback):
         check_choice("x_axis", x_axis, ("step", "epoch"))
         if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
             raise ValueError(f"`smoothing` must be a number in [0, 1) (0 = no smoothing); got {smoothing!r}")
-        check_int("every_n_steps", every_n_steps, 1, optional=True)
+        self.schedule = Schedule(every_n_steps)
         self._check_patterns = panels is not None  # the default panels may match nothing, silently
         panels = dict(DEFAULT_PANELS if panels is None else panels)
         for title, patterns in panels.items():
@@ -133,6 +135,8 @@ class CurvePlotCallback(VizCallback):
         self.mode = dict(mode or {})
         self.log_lr = log_lr
         self.every_n_steps = every_n_steps
+        self._due: int | None = None  # the logger step of the due batch that runs now
+        self._step_recorded = False
         self.history: dict[str, list[list[float]]] = {}  # name -> [[step, epoch, value], ...]
         self._index: dict[str, dict[tuple[int, int], int]] = {}
         self.step_level: set[str] = set()  # names recorded per step (smoothed); the others once per epoch
@@ -147,10 +151,6 @@ class CurvePlotCallback(VizCallback):
         self._monitors: dict[str, tuple[Mode, str]] = {}  # monitored name -> (mode, callback class)
 
     # ------------------------------------------------------------------ recording
-    def _should_record_step(self, trainer: Trainer) -> bool:
-        n = self.every_n_steps or trainer.log_every_n_steps
-        return bool(n) and (lightning_state.logger_step(trainer) + 1) % n == 0 and not trainer.sanity_checking
-
     def _record(self, name: str, step: int, epoch: int, value: Any) -> None:
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
@@ -206,27 +206,30 @@ class CurvePlotCallback(VizCallback):
         groups = [g for o in optimizers for g in o.param_groups]
         return list(zip(self._lr_names, groups))
 
-    def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if not (self.log_lr and self._should_record_step(trainer)):
+    # ------------------------------------------------------------------ schedule (VizCallback counts)
+    def capture_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int) -> None:
+        """A due step: the learning rates now, the step-level values at the end of this batch."""
+        self._due = lightning_state.logger_step(trainer)  # the step Lightning's loggers use for this batch
+        if not self.log_lr:
             return
         with self.guard(trainer, "learning-rate recording"):
-            step, epoch = lightning_state.logger_step(trainer), trainer.current_epoch
             for name, group in self._lr_series(trainer):
                 lr = group.get("lr")
-                self._record(name, step, epoch, lr.clone() if isinstance(lr, torch.Tensor) else lr)
+                self._record(
+                    name, self._due, trainer.current_epoch, lr.clone() if isinstance(lr, torch.Tensor) else lr
+                )
                 self.step_level.add(name)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self._should_record_step(trainer):
+        step, self._due = self._due, None
+        if step is None:
             return
+        self._step_recorded = True
         with self.guard(trainer, "step metric recording"):
-            step, epoch = lightning_state.logger_step(trainer), trainer.current_epoch
             for name, value in self._read(trainer, on_step=True):
-                self._record(name, step, epoch, value)
+                self._record(name, step, trainer.current_epoch, value)
                 self.step_level.add(name)
 
     def _read(self, trainer: Trainer, on_step: bool) -> list[tuple[str, torch.Tensor]]:
@@ -258,6 +261,7 @@ class CurvePlotCallback(VizCallback):
             self._record_epoch_metrics(trainer, lightning_state.logger_step(trainer))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
         with self.guard(trainer, "epoch metric recording"):
             self._record_epoch_metrics(trainer, lightning_state.logger_step(trainer, epoch_end=True))
         self._draw(trainer)
@@ -378,9 +382,9 @@ class CurvePlotCallback(VizCallback):
         matched no logged metric, against the names that were logged."""
         if self._panels_checked or trainer.sanity_checking or not self._check_patterns:
             return
-        # Step-level values (the learning rate, `on_step` metrics) are recorded on logging steps only: until
+        # Step-level values (the learning rate, `on_step` metrics) are recorded on due steps only: until
         # one has passed, a pattern for them matches nothing though it is right. Check at a later epoch end.
-        if lightning_state.logger_step(trainer) < (self.every_n_steps or trainer.log_every_n_steps or 1):
+        if not self._step_recorded and self.schedule.every_n_steps is not None:
             return
         self._panels_checked = True
         names = sorted(self.history)

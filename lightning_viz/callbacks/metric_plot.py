@@ -18,6 +18,7 @@ from torchmetrics import Metric
 
 from lightning_viz.core import distributed
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
+from lightning_viz.core.schedule import Schedule
 from lightning_viz.render.metrics import metric_record, render_metric
 
 Stage = Literal["val", "train", "test"]
@@ -75,6 +76,7 @@ class MetricPlotCallback(VizCallback):
         self.metrics = list(metrics) if metrics is not None else None
         self.stage = stage
         self.every_n_epochs = every_n_epochs
+        self.schedule = Schedule(None, every_n_epochs)  # drawn at the stage's epoch end, not captured
         self.reset = reset
         self._resolved: dict[str, Metric] = {}
 
@@ -100,6 +102,7 @@ class MetricPlotCallback(VizCallback):
             self._reset()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
         if self.stage == "train":
             self._draw(trainer)
 
@@ -120,7 +123,7 @@ class MetricPlotCallback(VizCallback):
     def _draw(self, trainer: Trainer, scheduled: bool | None = None) -> None:
         """Every rank: compute each metric (a collective inside torchmetrics); rank zero: draw it."""
         if scheduled is None:
-            scheduled = (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            scheduled = self.schedule.epoch_due(trainer)
         if not scheduled:
             return
         for name, metric in self._resolved.items():

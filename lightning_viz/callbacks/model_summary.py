@@ -420,6 +420,7 @@ class ModelSummaryCallback(VizCallback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if not self._pending:
             return
         self._pending = False

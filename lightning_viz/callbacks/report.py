@@ -160,10 +160,12 @@ class ReportCallback(VizCallback):
             writer.atomic_write_json(path, record)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         with self.guard(trainer, "writing the run record"):
             self._write_record(trainer, "running", background=True)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
         with self.guard(trainer, "writing the run record"):
             self._write_record(trainer, "running", background=True, epoch_end=True)
 

@@ -65,6 +65,7 @@ from lightning_viz.core.health_checks import (
 )
 from lightning_viz.core.hooks import ACTIVATION_TYPES, Passed, PassedTracker, is_activation
 from lightning_viz.core.model_input import model_input
+from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.tensor_origin import Origin, locate_nonfinite, ops_between
 from lightning_viz.core.warn import VizWarning
 from lightning_viz.render.health import render_health
@@ -124,7 +125,10 @@ class TrainingHealthCallback(VizCallback):
     the layers that did not run, the parameters that do not train and those that started training later.
 
     Args:
-        every_n_steps: examine every N-th step of each optimizer; ``null`` follows ``trainer.log_every_n_steps``.
+        every_n_steps: examine every N-th optimizer step: steps 0, N, 2N, ... (each optimizer's own steps
+            under manual optimization); ``"log_every_n_steps"`` (the default) follows the Trainer's;
+            ``null`` examines no step (the epoch-level loss plateau check still runs). The same schedule
+            in every lightning-viz callback.
         checks: which checks run (default: all): ``dead_units``, ``saturation``, ``vanishing_gradients``,
             ``exploding_gradients``, ``update_ratio``, ``nonfinite``, ``loss_spike``, ``loss_plateau``.
         dead_threshold: a layer's units are dead when this fraction of the values it passes on after its
@@ -164,7 +168,7 @@ class TrainingHealthCallback(VizCallback):
 
     def __init__(
         self,
-        every_n_steps: int | None = None,
+        every_n_steps: EveryNSteps = "log_every_n_steps",
         checks: list[Check] | None = None,
         dead_threshold: float = 0.9,
         saturation_threshold: float = 0.5,
@@ -186,7 +190,7 @@ class TrainingHealthCallback(VizCallback):
         when_full: WhenFull = "wait",
     ) -> None:
         super().__init__(output_dir=output_dir, when_full=when_full)
-        check_int("every_n_steps", every_n_steps, 1, optional=True)
+        self.schedule = Schedule(every_n_steps)
         check_int("spike_window", spike_window, 1)
         check_int("plateau_patience", plateau_patience, 1)
         for name in ("dead_threshold", "saturation_threshold", "saturation_level"):
@@ -230,7 +234,6 @@ class TrainingHealthCallback(VizCallback):
         self._fn_of: dict[str, str] = {}  # weight layer -> the functional activation after it
         self._step: int | None = None  # the examination in progress (its label)
         self._grads_done = False
-        self._opt_steps: dict[int, int] = {}  # manual optimization: steps taken by each optimizer
         self._before: list[tuple[str, torch.Tensor, torch.Tensor, bool]] = []  # copies of an open step
         self._upd: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # closed steps' sums of squares
         self._pending: list[tuple[int, torch.Tensor | None]] = []  # (step, loss or None) not yet examined
@@ -260,24 +263,21 @@ class TrainingHealthCallback(VizCallback):
 
     # ------------------------------------------------------------------ setup
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from lightning_viz.callbacks.activation_map import ActivationMapCallback
-        from lightning_viz.callbacks.weight_histogram import WeightHistogramCallback
-
-        callbacks = list(trainer.callbacks)  # type: ignore[attr-defined]
+        # what the other callbacks publish, as they declare it (VizCallback.records)
+        declared = set().union(
+            *(cb.records() for cb in trainer.callbacks if isinstance(cb, VizCallback) and cb is not self)  # type: ignore[attr-defined]
+        )
         self._manual = not pl_module.automatic_optimization
         # registration order = depth; ndim >= 2 marks a weight (published records are checked before the
         # first own examination)
         self._ndim = {distributed.clean_name(n): p.ndim for n, p in pl_module.named_parameters()}
-        self._own_histograms = not any(
-            isinstance(cb, WeightHistogramCallback) and cb.log_what == "both" and cb.layers is None
-            for cb in callbacks
-        )
+        self._own_histograms = "histograms" not in declared
         self._watch = {
             distributed.clean_name(n): m
             for n, m in pl_module.named_modules()
             if n and (_weight_layer(m) or is_activation(m))
         }
-        has_map = any(isinstance(cb, ActivationMapCallback) for cb in callbacks)
+        has_map = "activation_stats" in declared
         if not (self.activation_hooks and self._watch) and not has_map:
             why = (
                 "`activation_hooks` is off and no ActivationMapCallback is in the trainer"
@@ -296,33 +296,17 @@ class TrainingHealthCallback(VizCallback):
                 stacklevel=2,
             )
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.global_step == 0:  # a fresh run counts each optimizer's steps from zero
-            self._opt_steps = {}
-        elif self._manual and not self._opt_steps:  # resumed without the counts: assume alternating
-            n = max(1, len(trainer.optimizers))
-            self._opt_steps = dict.fromkeys(range(n), trainer.global_step // n)
-
-    def _every(self, trainer: Trainer) -> int:
-        return self.every_n_steps or max(1, int(trainer.log_every_n_steps))
-
     # ------------------------------------------------------------------ capture (every rank)
     def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, idx: int
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._batch, self._stepped = batch, False
-        if self._step is not None:  # an examination still open (gradient accumulation)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def capture_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int) -> None:
+        if self._step is not None:  # an examination still open
             return
-        every = self._every(trainer)
-        if self._manual:  # due when some optimizer's own step count is (counters every rank shares)
-            # an optimizer that has not stepped yet (a late discriminator) does not make every batch due
-            counts = list(self._opt_steps.values()) or [0]
-            due = any(c % every == 0 for c in counts)
-        else:
-            due = trainer.global_step % every == 0
-        if not due:
-            return
-        self._step, self._acc, self._meta, self._grads_done = trainer.global_step, {}, {}, False
+        self._step, self._acc, self._meta, self._grads_done = step, {}, {}, False
         # the same on every rank, so that every rank reduces the same rows
         if (
             self.activation_hooks
@@ -430,18 +414,22 @@ class TrainingHealthCallback(VizCallback):
         first, self._stepped = not self._stepped, True
         if first:
             self._check_loss(trainer, pl_module, examined=self._step is not None)
-        index = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
-        if self._manual:  # trainer.global_step counts the steps of every optimizer: count each one's own
-            own = self._opt_steps.get(index, 0)
-            self._opt_steps[index] = own + 1
-            due = own % self._every(trainer) == 0
-        else:
-            due = self._step == trainer.global_step and not self._grads_done
-            if due:
-                self._grads_done = True
-                self._stop_hooks()  # the forward (and backward) of this step are done
-        if not due:
-            return
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+
+    def capture_optimizer_step(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        optimizer: torch.optim.Optimizer,
+        index: int,
+        *,
+        by_epoch: bool,
+    ) -> None:
+        if not self._manual:  # the step whose examination is open
+            if self._step != trainer.global_step or self._grads_done:
+                return
+            self._grads_done = True
+            self._stop_hooks()  # the forward (and backward) of this step are done
         step = trainer.global_step
         params = self._trained(trainer, pl_module, index if self._manual else None, step)
         if self._own_histograms and params:
@@ -479,6 +467,7 @@ class TrainingHealthCallback(VizCallback):
             self._examine(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
         self._examine(trainer)
         if self._loss_values:
             mean = self._epoch_sum / self._epoch_count if self._epoch_count else math.nan
@@ -1081,7 +1070,7 @@ class TrainingHealthCallback(VizCallback):
             "findings": [dict(f) for f in self.findings],
             "flagged": sorted(list(k) for k in self._flagged),
             "epoch_losses": list(self._epoch_losses),
-            "opt_steps": {str(k): v for k, v in self._opt_steps.items()},
+            **self.schedule.state_dict(),
             "trains_since": dict(self._trains_since),
             "frozen_at_start": sorted(self._frozen_at_start or ()),
             "origin": self._origin,
@@ -1093,7 +1082,10 @@ class TrainingHealthCallback(VizCallback):
         flagged = state_dict.get("flagged") or [(f["check"], f["layer"]) for f in self.findings]
         self._flagged = {(str(c), str(k)) for c, k in flagged}
         self._epoch_losses = [float(v) for v in state_dict.get("epoch_losses", [])]
-        self._opt_steps = {int(k): int(v) for k, v in state_dict.get("opt_steps", {}).items()}
+        # "opt_steps": the name before the schedule was shared (lightning-viz 0.x checkpoints)
+        self.schedule.load_state_dict(
+            {"optimizer_steps": state_dict.get("optimizer_steps", state_dict.get("opt_steps"))}
+        )
         self._trains_since = {str(k): int(v) for k, v in state_dict.get("trains_since", {}).items()}
         start = state_dict.get("frozen_at_start")
         self._frozen_at_start = set(start) if start is not None and "trains_since" in state_dict else None

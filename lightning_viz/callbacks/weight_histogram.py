@@ -13,6 +13,7 @@ from torch import nn
 from lightning_viz.core import distributed, precision, stats
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
 from lightning_viz.core.hooks import match_modules
+from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.histograms import render_evolution
 
@@ -119,11 +120,12 @@ class WeightHistogramCallback(VizCallback):
     Counts are exact and cover the finite values; nothing is computed on steps that do not log.
 
     Args:
-        every_n_steps: capture on every N-th step of each optimizer: its steps 0, N, 2N, ... (with one
-            optimizer, when ``trainer.global_step`` is a multiple of N); ``null`` to disable.
+        every_n_steps: capture every N-th optimizer step: steps 0, N, 2N, ... (each optimizer's own steps
+            under manual optimization), as the optimizer is about to take it; ``"log_every_n_steps"``
+            follows the Trainer's; ``null`` to turn off. The same schedule in every lightning-viz callback.
         every_n_epochs: also capture in the last batch of every N-th training epoch, at each optimizer's
             step there (its first, if it steps more than once; at the epoch end, weights only, when the
-            epoch length is unknown); ``null`` to disable.
+            epoch length is unknown); ``null`` to turn off.
         bins: bins per histogram (>= 2). Bin widths are powers of two, so bins line up across steps.
         layers: glob patterns over module names (``"features.*"``, ``"*conv*"``); the parameters those
             modules own directly are logged. Default: every parameter of the model.
@@ -140,7 +142,7 @@ class WeightHistogramCallback(VizCallback):
 
     def __init__(
         self,
-        every_n_steps: int | None = 50,
+        every_n_steps: EveryNSteps = 50,
         every_n_epochs: int | None = None,
         bins: int = 64,
         layers: list[str] | None = None,
@@ -152,8 +154,6 @@ class WeightHistogramCallback(VizCallback):
         when_full: WhenFull = "wait",
     ) -> None:
         super().__init__(output_dir=output_dir, when_full=when_full)
-        check_int("every_n_steps", every_n_steps, 1, optional=True)
-        check_int("every_n_epochs", every_n_epochs, 1, optional=True)
         if every_n_steps is None and every_n_epochs is None:
             raise ValueError(
                 "at least one of `every_n_steps` and `every_n_epochs` must be set; got every_n_steps=None, "
@@ -181,20 +181,20 @@ class WeightHistogramCallback(VizCallback):
         self.figure_every_n_epochs = figure_every_n_epochs
         self._params: list[tuple[str, torch.Tensor]] | None = None
         self._history: dict[str, dict[str, _Series]] = {s: {} for s in SELECTIONS[log]}
+        self.schedule = Schedule(every_n_steps, every_n_epochs)
         self._last_step = -1
         self._version = 0  # bumps on every recorded capture; figures are redrawn only when it moved
         self._drawn_version = 0
-        self._batch_idx = -1
         self._captured_epoch = -1
-        # manual optimization: steps taken by each optimizer (index in trainer.optimizers), and the epoch
-        # of each one's last epoch capture
-        self._opt_steps: dict[int, int] = {}
-        self._opt_epoch: dict[int, int] = {}
 
     @property
     def state_key(self) -> str:
         layers = tuple(self.layers) if self.layers else None
         return self._generate_state_key(output_dir=self.output_dir, log=self.log_what, layers=layers)
+
+    def records(self) -> frozenset[str]:
+        # a record of every parameter's weights and gradients; one of some layers is published but partial
+        return frozenset({"histograms"}) if self.log_what == "both" and self.layers is None else frozenset()
 
     # ------------------------------------------------------------------ selection
     def _select(self, pl_module: LightningModule) -> list[tuple[str, torch.Tensor]]:
@@ -218,58 +218,27 @@ class WeightHistogramCallback(VizCallback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._params = self._select(pl_module)  # after configure_model and strategy set-up
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # After the checkpoint (callback state, then global_step) is restored.
-        if pl_module.automatic_optimization:
-            return
-        if trainer.global_step == 0:  # a fresh run counts from zero
-            self._opt_steps = {}
-        elif not self._opt_steps:  # resumed from a checkpoint without the counts: assume alternating steps
-            n = max(1, len(trainer.optimizers))
-            self._opt_steps = dict.fromkeys(range(n), trainer.global_step // n)
-
-    # ------------------------------------------------------------------ schedule
-    def _epoch_due(self, trainer: Trainer) -> bool:
-        return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-
-    def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    # ------------------------------------------------------------------ schedule (VizCallback counts)
+    def capture_optimizer_step(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        optimizer: torch.optim.Optimizer,
+        index: int,
+        *,
+        by_epoch: bool,
     ) -> None:
-        self._batch_idx = batch_idx
-
-    def on_before_optimizer_step(
-        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        # Every decision below depends only on counters every rank advances alike, never on data.
-        index = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
-        step = trainer.global_step
-        if pl_module.automatic_optimization:  # one optimizer: its steps are the global steps
-            if step == self._last_step:
-                return
-            own = step
-        else:  # trainer.global_step counts the steps of every optimizer: count each one's own
-            own = self._opt_steps.get(index, 0)
-            self._opt_steps[index] = own + 1
-        by_step = self.every_n_steps is not None and own % self.every_n_steps == 0
-        # Epoch captures happen at the epoch's last optimizer step: by the epoch end Lightning has already
-        # set the gradients to None for validation.
-        last_batch = self._batch_idx + 1 >= trainer.num_training_batches  # inf when the length is unknown
-        by_epoch = (
-            last_batch and self._epoch_due(trainer) and self._opt_epoch.get(index) != trainer.current_epoch
-        )
         if by_epoch:
-            self._captured_epoch = self._opt_epoch[index] = trainer.current_epoch
-        if by_step or by_epoch:
-            self._capture(trainer, pl_module, step, optimizer, index)
+            self._captured_epoch = trainer.current_epoch
+        self._capture(trainer, pl_module, trainer.global_step, optimizer, index)
+
+    def capture_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Fallback when the epoch's last step was not recognised (unknown length, max_steps): weights only.
+        if self._captured_epoch != trainer.current_epoch and trainer.global_step != self._last_step:
+            self._capture(trainer, pl_module, trainer.global_step, None, None)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Fallback when the epoch's last step was not recognised (unknown length, max_steps): weights only.
-        if (
-            self._epoch_due(trainer)
-            and self._captured_epoch != trainer.current_epoch
-            and trainer.global_step != self._last_step
-        ):
-            self._capture(trainer, pl_module, trainer.global_step, None, None)
+        super().on_train_epoch_end(trainer, pl_module)
         if (trainer.current_epoch + 1) % self.figure_every_n_epochs == 0:
             self._draw(trainer)
 
@@ -489,7 +458,7 @@ class WeightHistogramCallback(VizCallback):
             "version": STATE_VERSION,
             "bins": self.bins,
             "last_step": self._last_step,
-            "optimizer_steps": dict(self._opt_steps),
+            **self.schedule.state_dict(),
             "history": history,
         }
 
@@ -507,9 +476,8 @@ class WeightHistogramCallback(VizCallback):
             version = state_dict.get("version")
             warn(f"the saved state has version {version!r}, not {STATE_VERSION}", "loading what is readable")
         self._last_step = int(state_dict.get("last_step", -1))
-        steps = state_dict.get("optimizer_steps")
-        if isinstance(steps, Mapping):
-            self._opt_steps = {int(i): int(n) for i, n in steps.items()}
+        if isinstance(state_dict.get("optimizer_steps"), Mapping):
+            self.schedule.load_state_dict(state_dict)
         if state_dict.get("bins") != self.bins:
             warn(f"the saved history has bins={state_dict.get('bins')!r} but `bins` is {self.bins}")
             return

@@ -2,8 +2,11 @@
 
 Subclasses implement capture (every rank), reduce (through :mod:`lightning_viz.core.distributed`, every
 rank) and a pure ``render(data) -> Figure`` from :mod:`lightning_viz.render`. This base class provides the
-rest: argument validation helpers, the output directory, sinks, emission on rank zero through the
-background writer, the once-only failure warning, and flushing at fit end and on exceptions.
+rest: the one schedule (:mod:`lightning_viz.core.schedule`: it counts at the training hooks and calls
+:meth:`~VizCallback.capture_batch`, :meth:`~VizCallback.capture_optimizer_step` and
+:meth:`~VizCallback.capture_epoch` when they are due), argument validation helpers, the output directory,
+sinks, emission on rank zero through the background writer, the once-only failure warning, and flushing at
+fit end and on exceptions. A subclass that overrides one of the training hooks calls ``super()`` first.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.figure import Figure
 
 from lightning_viz.core import distributed, errors, pacing, renderer, writer
+from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.sinks import FileSink, Sink, fan_out, make_sinks
 from lightning_viz.core.warn import warn_if_state_missing, warn_once
 
@@ -70,6 +75,52 @@ class VizCallback(Callback):
         self.when_full = when_full
         self.viz_dir: Path | None = None
         self._sinks: list[Sink] = []
+        self.schedule = Schedule()  # off; a callback that captures on a schedule sets its own
+
+    # ------------------------------------------------------------------ the schedule (every rank)
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.schedule.start(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = self.schedule.batch_due(trainer, batch_idx)
+        if step is not None:
+            self.capture_batch(trainer, pl_module, batch, step)
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        index, by_step, by_epoch = self.schedule.optimizer_due(trainer, optimizer)
+        if by_step or by_epoch:
+            self.capture_optimizer_step(trainer, pl_module, optimizer, index, by_epoch=by_epoch)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.schedule.epoch_due(trainer):
+            self.capture_epoch(trainer, pl_module)
+
+    def capture_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int) -> None:
+        """A due step opens with this batch (before its forward pass): the model after ``step`` updates.
+
+        Called on every rank alike. Not under :meth:`guard`: a capture that reduces across ranks reports its
+        failure through ``distributed.reduce_values(failed=...)`` so that every rank still calls the
+        collectives.
+        """
+
+    def capture_optimizer_step(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        optimizer: torch.optim.Optimizer,
+        index: int,
+        *,
+        by_epoch: bool,
+    ) -> None:
+        """Optimizer ``index`` is about to take a due step (its gradients are final); ``by_epoch``: it is
+        due as the epoch's last step of a due epoch rather than by ``every_n_steps``. Every rank alike."""
+
+    def capture_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A due training epoch ends. Every rank alike."""
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -138,14 +189,20 @@ class VizCallback(Callback):
             )
 
     # ------------------------------------------------------------------ sharing captures
+    def records(self) -> frozenset[str]:
+        """The kinds of record (see :meth:`publish`) this callback publishes, as it is configured: a listener
+        asks this at fit start instead of looking at the other callbacks' types and arguments."""
+        return frozenset()
+
     def publish(self, trainer: Trainer, kind: str, step: int, payload: Any) -> None:
         """Hand a reduced record to every other callback that defines ``on_viz_record``.
 
         Called on every rank with data that is already reduced (identical on all ranks), so listeners such
         as a health check can reuse a capture instead of computing it again, and can take decisions that
         agree across ranks. Kinds: ``"histograms"`` (a :class:`~lightning_viz.core.stats.HistogramSet` of
-        ``weights/<param>`` and ``gradients/<param>``), ``"activation_stats"`` (``{layer: {stat: value}}``
-        plus ``"_types": {layer: module class name}``).
+        ``weights/<param>`` and ``gradients/<param>``; declared in :meth:`records` when it holds every
+        parameter), ``"activation_stats"`` (``{layer: {stat: value}}`` plus ``"_types": {layer: module class
+        name}``).
         """
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             listener = getattr(cb, "on_viz_record", None)

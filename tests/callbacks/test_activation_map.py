@@ -203,14 +203,16 @@ def test_every_n_steps_schedule(tmp_path):
     cb = ActivationMapCallback(every_n_epochs=None, every_n_steps=3, sample_size=4)
     trainer = make_trainer(tmp_path, [cb], max_epochs=2)
     trainer.fit(TinyCNN(), RandomImages(n=64, batch_size=16))
+    # 8 optimizer steps: steps 0, 3 and 6 are due (the model before any update, after 3 and after 6)
     assert [f for f in viz_files(cb) if f.endswith(".png")] == [
+        "maps_step000000.png",
         "maps_step000003.png",
         "maps_step000006.png",
         "stats.png",
     ]
     assert list(cb.history) == ["conv1", "conv2"]  # default: the convolution layers
     acc = read_events(trainer.logger.log_dir)
-    assert [e.step for e in acc.Images("viz/activation_map/maps")] == [3, 6]
+    assert [e.step for e in acc.Images("viz/activation_map/maps")] == [0, 3, 6]
 
 
 def test_model_without_convolutions_uses_linear_layers_and_says_so(tmp_path, caplog):

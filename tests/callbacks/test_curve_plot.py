@@ -121,8 +121,10 @@ def test_history_equals_what_was_logged_and_what_tensorboard_got(tmp_path):
 def test_every_n_steps_records_only_those_steps(tmp_path):
     cb = CurvePlotCallback(every_n_steps=3)
     fit(tmp_path, cb, epochs=2)
-    assert [p[0] for p in cb.history["train_loss_step"]] == [2, 5]
-    assert [p[0] for p in cb.history["lr-SGD"]] == [2, 5]
+    # 8 optimizer steps: 0, 3 and 6 are due (the same schedule as every callback), each with its own value
+    assert [p[0] for p in cb.history["train_loss_step"]] == [0, 3, 6]
+    assert [p[2] for p in cb.history["train_loss_step"]] == pytest.approx([train_value(s) for s in (0, 3, 6)])
+    assert [p[0] for p in cb.history["lr-SGD"]] == [0, 3, 6]
     assert [p[0] for p in cb.history["val_acc"]] == [3, 7]  # epoch-level values are not thinned
 
 

@@ -182,9 +182,12 @@ def test_nonfinite_weights_are_counted_and_finite_values_still_histogrammed(tmp_
     ("kwargs", "needle"),
     [
         ({"bins": 1}, "`bins` must be an integer >= 2; got 1"),
-        ({"every_n_steps": 0}, "`every_n_steps` must be an integer >= 1 or null; got 0"),
+        (
+            {"every_n_steps": 0},
+            "`every_n_steps` must be an integer >= 1, 'log_every_n_steps' (the Trainer's) or null (off); got 0",
+        ),
         ({"every_n_steps": None, "every_n_epochs": None}, "every_n_steps=None"),
-        ({"every_n_epochs": 0}, "`every_n_epochs` must be an integer >= 1 or null; got 0"),
+        ({"every_n_epochs": 0}, "`every_n_epochs` must be an integer >= 1 or null (off); got 0"),
         ({"log": "all"}, "`log` must be one of ['weights', 'gradients', 'both']; got 'all'"),
         ({"max_history": 1}, "`max_history` must be an integer >= 2; got 1"),
         ({"layers": []}, "`layers` must be null"),

@@ -269,7 +269,8 @@ def test_every_package_is_in_the_wheel_list():
                 "--trainer.callbacks+=lightning_viz.WeightHistogramCallback",
                 "--trainer.callbacks.every_n_steps=-5",
             ],
-            "lightning-viz: error: WeightHistogramCallback: `every_n_steps` must be an integer >= 1 or null; got -5",
+            "lightning-viz: error: WeightHistogramCallback: `every_n_steps` must be an integer >= 1, "
+            "'log_every_n_steps' (the Trainer's) or null (off); got -5",
         ),
         (
             [

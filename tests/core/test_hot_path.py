@@ -23,7 +23,7 @@ from lightning_viz.core import stats
 from lightning_viz.core.hooks import hook_count
 from tests.helpers import RandomImages, TinyCNN, make_trainer
 
-N = 4  # every callback that logs on steps does so when global_step (or the logger step + 1) is a multiple of N
+N = 4  # every callback that logs on steps does so at steps 0, N, 2N, ... (the one schedule)
 STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_optimizer_step")
 HOST_METHODS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__")
 
@@ -38,12 +38,14 @@ def viz_callbacks() -> list[Callback]:
 
 
 def logging_step(hook: str, step: int) -> bool:
-    """Whether a callback may record in ``hook`` when ``trainer.global_step`` reads ``step`` there."""
-    if hook == "on_before_optimizer_step":  # WeightHistogram: global_step % N == 0
-        return step % N == 0
-    if hook == "on_train_batch_end":  # ActivationMap: after the step, global_step % N == 0; CurvePlot alike
-        return step % N == 0 or (step + 1) % N == 0
-    return (step + 1) % N == 0  # on_train_batch_start: CurvePlot's learning rates, logger step + 1
+    """Whether a callback may record in ``hook`` when ``trainer.global_step`` reads ``step`` there.
+
+    A due step ``k`` (``k % N == 0``) is captured at its batch start (activations, learning rates) and its
+    optimizer step (histograms), where ``global_step`` reads ``k``, and at its batch end (the curves' step
+    values), where it already reads ``k + 1``."""
+    if hook == "on_train_batch_end":
+        return (step - 1) % N == 0
+    return step % N == 0
 
 
 class HostCalls:
@@ -146,7 +148,7 @@ def test_non_logging_steps_do_no_work(tmp_path, monkeypatch):
     trainer.fit(TinyCNN(), RandomImages(n=96, batch_size=8))  # 12 steps
     steps = sorted({s for _, _, s in calls})
     non_logging = [s for s in steps if not logging_step("on_train_batch_end", s) and s % N]
-    assert steps == list(range(13)) and non_logging == [1, 2, 5, 6, 9, 10], (steps, non_logging)
+    assert steps == list(range(13)) and non_logging == [2, 3, 6, 7, 10, 11], (steps, non_logging)
 
     # 1. no forward hook is registered at any per-step hook (capture hooks exist only inside a capture)
     leftovers = [(hook, step, n) for hook, step, n in probe.seen if n]

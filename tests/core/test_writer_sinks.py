@@ -405,7 +405,9 @@ def test_tensorboard_receives_each_tags_pictures_in_step_order_when_drawing_is_b
     }
     for tag, seq in steps.items():
         assert seq == sorted(seq), f"{tag}: {seq}"
-    assert steps["viz/activation_map/maps"] == list(range(1, 13))  # snapshots: every one, in order
-    for tag in ("viz/activation_map/stats", "viz/weight_histogram/gradients_evolution", "viz/curves"):
+    # snapshots: every one, in order (steps 0-11, each before its batch)
+    assert steps["viz/activation_map/maps"] == list(range(12))
+    assert steps["viz/activation_map/stats"][-1] == 11  # its latest capture
+    for tag in ("viz/weight_histogram/gradients_evolution", "viz/curves"):
         assert steps[tag][-1] == 12, f"{tag}: {steps[tag]}"
     assert writer.get_writer("render").pending() == 0

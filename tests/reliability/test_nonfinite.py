@@ -50,7 +50,7 @@ def viz_warnings(caught):
 
 def test_nonfinite_activations_and_gradients_are_counted_reported_once_and_drawn(tmp_path):
     acts = ActivationMapCallback(
-        layers=["conv1", "act2", "fc"], every_n_steps=2, every_n_epochs=None, sample_size=4
+        layers=["conv1", "act2", "fc"], every_n_steps=2, every_n_epochs=1, sample_size=4
     )
     hist = WeightHistogramCallback(every_n_steps=1, bins=8, log="gradients")
     model = PoisonedCNN(start=4)
@@ -67,9 +67,10 @@ def test_nonfinite_activations_and_gradients_are_counted_reported_once_and_drawn
     assert len(grad_msgs) == 1 and "step 3 in gradients/fc.bias" in grad_msgs[0]
 
     per_layer = acts.history
-    assert per_layer["act2"]["step"] == [2, 4, 6]
-    assert per_layer["act2"]["nonfinite"] == [0, 4 * 4, 4 * 4]  # 4 examples x (3 NaN + 1 Inf)
-    assert per_layer["conv1"]["nonfinite"] == [0, 0, 0]
+    # steps 0, 2 and 4 (before their batches), and the epoch end (the final model, after 6 updates)
+    assert per_layer["act2"]["step"] == [0, 2, 4, 6]
+    assert per_layer["act2"]["nonfinite"] == [0, 0, 4 * 4, 4 * 4]  # 4 examples x (3 NaN + 1 Inf)
+    assert per_layer["conv1"]["nonfinite"] == [0, 0, 0, 0]
     # the statistics of the finite values, against an independent computation
     model.eval()
     with torch.no_grad():
@@ -87,7 +88,7 @@ def test_nonfinite_activations_and_gradients_are_counted_reported_once_and_drawn
     assert next((e.step, e.value) for e in events.Scalars("nonfinite/gradients/fc.bias")) == (3, 1.0)
 
     saved = json.loads((acts.viz_dir / "stats.json").read_text())
-    assert saved["layers"]["act2"]["nonfinite"] == [0, 16, 16]
+    assert saved["layers"]["act2"]["nonfinite"] == [0, 0, 16, 16]
     with np.load(acts.viz_dir / "maps_step000004.npz") as z:
         names = z["layer_names"].tolist()
         assert int(z["layer_nonfinite"][names.index("act2")]) > 0
