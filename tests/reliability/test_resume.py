@@ -113,7 +113,10 @@ def test_two_instances_of_one_class_keep_separate_state(runs):
         assert second.evolution_data("weights")["params"][0]["steps"].tolist() == [0, 2, 4, 6]
         assert second.evolution_data("gradients")["params"] == []
         assert [p[0] for p in cbs[0].history["train_loss_step"]] == list(range(8))
-        assert [p[0] for p in cbs[4].history["train_loss_step"]] == [0, 4]  # steps 0, N, 2N: also after the resume
+        assert [p[0] for p in cbs[4].history["train_loss_step"]] == [
+            0,
+            4,
+        ]  # steps 0, N, 2N: also after the resume
 
 
 def _viz_warnings(caught):
