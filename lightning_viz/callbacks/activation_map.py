@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from lightning_viz.core import distributed
+from lightning_viz.core import distributed, lightning_state
 from lightning_viz.core.activation_stats import (
     NSUMS,
     STATS,
@@ -328,12 +328,10 @@ class ActivationMapCallback(VizCallback):
 
     def _find_dataset(self, trainer: Trainer) -> None:
         """Pick the sample's dataloader and check ``sample_size`` against its dataset (raises ValueError)."""
-        fit_loop = trainer.fit_loop
-        sources = {"val": fit_loop.epoch_loop.val_loop._data_source, "train": fit_loop._data_source}
         loader, which = None, self.sample_from
         for which in ("val", "train") if self.sample_from == "val" else ("train",):
-            source = sources[which]
-            loader = _first_loader(source.dataloader()) if source.is_defined() else None
+            loaders = lightning_state.fit_dataloaders(trainer, which)
+            loader = _first_loader(loaders) if loaders is not None else None
             if loader is not None:
                 break
             if which == "val":

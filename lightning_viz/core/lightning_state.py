@@ -7,7 +7,7 @@ breaks in one place, and each returns a fallback or ``None`` instead of raising.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Trainer
@@ -84,3 +84,17 @@ def step_value(trainer: Trainer, names: tuple[str, ...]) -> torch.Tensor | None:
         return next((found[n] for n in names if n in found), None)
     except AttributeError:  # another Lightning: the health callback then has no loss to examine
         return None
+
+
+def fit_dataloaders(trainer: Trainer, which: Literal["train", "val"]) -> Any:
+    """The training or validation dataloader(s) of the fit being set up (``None`` when it has none), as the
+    LightningModule's or DataModule's ``*_dataloader()`` returns them.
+
+    Lightning 2.0-2.6 keeps where they come from in ``fit_loop._data_source`` and
+    ``fit_loop.epoch_loop.val_loop._data_source`` (private ``_DataLoaderSource``). The public
+    ``trainer.train_dataloader`` / ``trainer.val_dataloaders`` are set only when each loop starts, after
+    ``setup``, where a callback checks its arguments against the data (``sample_size`` against the dataset).
+    """
+    fit_loop = trainer.fit_loop
+    source = fit_loop._data_source if which == "train" else fit_loop.epoch_loop.val_loop._data_source
+    return source.dataloader() if source.is_defined() else None

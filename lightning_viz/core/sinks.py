@@ -26,7 +26,7 @@ import csv
 import importlib
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -302,22 +302,23 @@ def missing_extra_message(logger: Any, module: str, extra: str) -> str:
     )
 
 
+# One adapter per logger kind (see logger_kind); anything else gets the scalars-only LoggerSink.
+ADAPTERS: dict[str, Callable[[Any, Path], Sink]] = {
+    "tensorboard": lambda logger, root: TensorBoardSink(logger),
+    "wandb": lambda logger, root: WandbSink(logger),
+    "mlflow": lambda logger, root: MLflowSink(logger),
+    "csv": lambda logger, root: CSVSink(logger, root),
+    "other": lambda logger, root: LoggerSink(logger),
+}
+
+
 def make_sinks(loggers: Sequence[Any], root: str | Path) -> list[Sink]:
     """The file sink plus one adapter per attached logger, chosen once here (no logger: files only)."""
     sinks: list[Sink] = [FileSink(root)]
     for logger in loggers:
         kind = logger_kind(logger)
         try:
-            if kind == "tensorboard":
-                sinks.append(TensorBoardSink(logger))
-            elif kind == "wandb":
-                sinks.append(WandbSink(logger))
-            elif kind == "mlflow":
-                sinks.append(MLflowSink(logger))
-            elif kind == "csv":
-                sinks.append(CSVSink(logger, root))
-            else:
-                sinks.append(LoggerSink(logger))
+            sinks.append(ADAPTERS[kind](logger, Path(root)))
         except ImportError:
             module, extra = EXTRAS[kind]
             warn_once(("missing-extra", type(logger).__name__), missing_extra_message(logger, module, extra))
