@@ -12,8 +12,9 @@ present when its files are:
   layers and are named below it instead) and its figure;
 * every other callback's figures, grouped into series by file stem: ``maps_step000046.png`` and
   ``maps_step000092.png`` are two frames of the series ``maps``, shown one at a time with a step (or epoch)
-  slider, under a heading in words (:data:`SERIES_TITLES`; weights before gradients). Series that already
-  draw the whole history (curves, weight/gradient evolution) show their latest frame only.
+  slider, under a heading in words. Section and series headings, their order and which series already draw
+  the whole history (their latest frame alone is shown: curves, weight/gradient evolution) come from the
+  callbacks' declarations (``figures``, ``section_title``, ``report_rank``; :mod:`lightning_viz.core.figures`).
 
 Only files are read, so a report can be rebuilt from a finished or crashed run at any time.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import html
 import json
 import re
@@ -32,34 +34,25 @@ from typing import Any
 
 import numpy as np
 
+from lightning_viz.core import figures
+from lightning_viz.core.figures import FRAME
 from lightning_viz.core.writer import atomic_write_bytes
 from lightning_viz.report_summary import RUN_RECORD, metric_modules, read_json, summary_html, words
 
 REPORT_NAME = "report.html"
-FRAME = re.compile(r"^(?P<series>.+?)_(?P<unit>step|epoch)(?P<n>\d+)$")
-# series whose latest frame already shows the whole history
-CUMULATIVE = ("curves", "weights_evolution", "gradients_evolution")
-# section order; any other folder follows in alphabetical order
-ORDER = ("training_health", "model_summary", "curves", "weight_histogram", "activation_map", "metric_plot")
-TITLES = {
-    "training_health": "Training health",
-    "model_summary": "Model summary",
-    "curves": "Learning curves",
-    "weight_histogram": "Weights and gradients over training",
-    "activation_map": "Activations",
-    "metric_plot": "Metric plots",
-}
-# headings of the series, in the order they are shown within a section
-SERIES_TITLES = {
-    "summary": "Parameters per block",
-    "curves": "Curves of every logged metric",
-    "weights_evolution": "Weight distributions over training",
-    "gradients_evolution": "Gradient distributions over training",
-    "maps": "Feature maps of a fixed sample",
-    "heatmaps": "Layer outputs of a fixed sample, as heatmaps",
-    "stats": "Activation statistics over training",
-    "health": "Gradient norms, update ratios, activations and loss at the latest check",
-}
+
+
+@functools.cache
+def declared() -> tuple[dict[str, str], dict[str, str], tuple[str, ...]]:
+    """From the callbacks' declarations (``figures``, ``section_title``, ``report_rank``): the section
+    headings by folder in report order, the series headings in the order they are shown within a section,
+    and the series whose latest frame already shows the whole history."""
+    sections = figures.sections()
+    titles = {s.folder: s.title for s in sections}
+    specs = [f for s in sections for f in s.figures if f.series != "*"]
+    return titles, {f.series: f.title for f in specs}, tuple(f.series for f in specs if f.latest_only)
+
+
 __all__ = ["REPORT_NAME", "RUN_RECORD", "build_report", "main"]
 
 CSS = """
@@ -108,7 +101,7 @@ def _series(folder: Path) -> dict[str, list[tuple[str, int, Path]]]:
         m = FRAME.match(png.stem)
         series, unit, n = (m["series"], m["unit"], int(m["n"])) if m else (png.stem, "", -1)
         groups.setdefault(series, []).append((unit, n, png))
-    order = list(SERIES_TITLES)
+    order = list(declared()[1])
     ranked = sorted(
         groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])
     )
@@ -116,9 +109,10 @@ def _series(folder: Path) -> dict[str, list[tuple[str, int, Path]]]:
 
 
 def series_title(folder: str, name: str, frames: list[tuple[str, int, Path]]) -> str:
-    """The heading of a series, in words: :data:`SERIES_TITLES`, a metric plot's metric class and name."""
-    if name in SERIES_TITLES:
-        return SERIES_TITLES[name]
+    """The heading of a series, in words: the declared series titles, a metric plot's metric class and name."""
+    series_titles = declared()[1]
+    if name in series_titles:
+        return series_titles[name]
     data = frames[-1][2].with_suffix(".npz")
     if folder == "metric_plot" and data.is_file():
         try:
@@ -142,7 +136,7 @@ def _thin(frames: list[Any], limit: int) -> list[Any]:
 
 def _series_html(folder: str, name: str, frames: list[tuple[str, int, Path]], max_frames: int) -> str:
     title = series_title(folder, name, frames)
-    if name.startswith(CUMULATIVE) or len(frames) == 1:
+    if name.startswith(declared()[2]) or len(frames) == 1:
         unit, n, path = frames[-1]
         note = f' <span class="muted">({unit} {n})</span>' if unit else ""
         return f'<h3 data-series="{html.escape(name)}">{html.escape(title)}{note}</h3>{_img(path, title)}'
@@ -247,7 +241,8 @@ def build_report(viz_dir: str | Path, out: str | Path | None = None, *, max_fram
         raise FileNotFoundError(f"no viz directory at {str(viz_dir)!r}")
     out = Path(out) if out is not None else viz_dir / REPORT_NAME
     folders = [p for p in viz_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    folders.sort(key=lambda p: (ORDER.index(p.name) if p.name in ORDER else len(ORDER), p.name))
+    order = list(declared()[0])  # any other folder follows in alphabetical order
+    folders.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
     sections: list[tuple[str, str, str]] = [("run", "Run summary", summary_html(viz_dir))]
     metrics = metric_modules(viz_dir)
     for folder in folders:
@@ -259,7 +254,7 @@ def build_report(viz_dir: str | Path, out: str | Path | None = None, *, max_fram
             body.append(_summary_html(summary, metrics))
         body += [_series_html(folder.name, k, v, max_frames) for k, v in _series(folder).items()]
         if body:
-            title = TITLES.get(folder.name, folder.name.replace("_", " ").capitalize())
+            title = declared()[0].get(folder.name) or folder.name.replace("_", " ").capitalize()
             sections.append((folder.name, title, "".join(body)))
 
     run = viz_dir.parent

@@ -26,13 +26,14 @@ data file                                  render function                      
 ``curves.json`` holds the whole history behind the latest curves figure; the figure of an earlier epoch
 ``e`` is drawn again from its points with ``epoch <= e``, as the run drew it.
 
-Files that are not the data of a figure (``summary.txt``, other tools' files) are left alone.
+Which data file belongs to which figure is declared by the callback that writes it (its ``figures``;
+:mod:`lightning_viz.core.figures`); the table above lists those declarations. Files that are not the data
+of a declared figure (``summary.txt``, other tools' files) are left alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import multiprocessing
 import os
@@ -50,6 +51,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from lightning_viz.core import figures
 from lightning_viz.core.writer import atomic_write_bytes
 from lightning_viz.render._figure import close_figure, png_bytes, to_rgba
 
@@ -63,28 +65,43 @@ def _is_activation_stats(d: Any) -> bool:
     )
 
 
-def from_json(path: Path) -> Loaded | None:
-    """The render function, data and PNG stem of a JSON data file; ``None`` when it is no figure's data."""
-    from lightning_viz.render.activations import render_activation_stats, render_heatmaps
-    from lightning_viz.render.curves import render_curves
-    from lightning_viz.render.health import render_health
-    from lightning_viz.render.summary import render_summary
+# The checks that a JSON file of a declared figure's name holds that figure's data, by render function:
+# data -> (data to draw, PNG stem) or None.
+_JSON: dict[str, Callable[[Mapping[str, Any], str], tuple[Any, str] | None]] = {
+    "lightning_viz.render.summary:render_summary": lambda d, n: (
+        (d, n) if "blocks" in d and "totals" in d else None
+    ),
+    "lightning_viz.render.curves:render_curves": lambda d, n: (
+        (d, str(d.get("figure") or n)) if "series" in d and "panels" in d else None
+    ),
+    "lightning_viz.render.activations:render_heatmaps": lambda d, n: (
+        (d, n) if isinstance(d.get("layers"), list) else None
+    ),
+    "lightning_viz.render.activations:render_activation_stats": lambda d, n: (
+        (d, n) if _is_activation_stats(d) else None
+    ),
+    "lightning_viz.render.health:render_health": lambda d, n: (
+        (d, n) if "grad_norms" in d and "loss_steps" in d else None
+    ),
+}
 
-    d = json.loads(path.read_text())
-    if not isinstance(d, Mapping):
+
+def _spec(path: Path) -> figures.FigureSpec | None:
+    return figures.spec_for_data(path.name, path.parent.name)
+
+
+def from_json(path: Path, spec: figures.FigureSpec | None = None) -> Loaded | None:
+    """The render function, data and PNG stem of a JSON data file; ``None`` when it is no figure's data.
+
+    Which figure a file holds is declared by the callback that wrote it (``figures``;
+    :func:`lightning_viz.core.figures.spec_for_data`; ``spec``: as found there already)."""
+    spec = spec or _spec(path)
+    check = _JSON.get(spec.render) if spec is not None else None
+    if spec is None or check is None:
         return None
-    name = path.stem
-    if name == "summary" and "blocks" in d and "totals" in d:
-        return render_summary, d, name
-    if name == "curves" and "series" in d and "panels" in d:
-        return render_curves, d, str(d.get("figure") or name)
-    if fnmatch.fnmatch(name, "heatmaps_step*") and isinstance(d.get("layers"), list):
-        return render_heatmaps, d, name
-    if name == "stats" and _is_activation_stats(d):
-        return render_activation_stats, d, name
-    if fnmatch.fnmatch(name, "health_step*") and "grad_norms" in d and "loss_steps" in d:
-        return render_health, d, name
-    return None
+    d = json.loads(path.read_text())
+    found = check(d, path.stem) if isinstance(d, Mapping) else None
+    return None if found is None else (spec.render_function(), found[0], found[1])
 
 
 def curve_frames(d: Mapping[str, Any], latest: str) -> list[tuple[dict[str, Any], str]]:
@@ -109,11 +126,11 @@ def curve_frames(d: Mapping[str, Any], latest: str) -> list[tuple[dict[str, Any]
     return frames
 
 
-def load(path: Path) -> list[Loaded] | None:
+def load(path: Path, spec: figures.FigureSpec | None = None) -> list[Loaded] | None:
     """Every figure a data file draws (a ``curves.json`` draws one per epoch); ``None``: no figure's data."""
     from lightning_viz.render.curves import render_curves
 
-    loaded = from_json(path) if path.suffix == ".json" else from_npz(path)
+    loaded = from_json(path, spec) if path.suffix == ".json" else from_npz(path, spec)
     if loaded is None:
         return None
     render, data, stem = loaded
@@ -126,16 +143,18 @@ def _text(a: np.ndarray) -> str:
     return str(a.item() if a.ndim == 0 else a)
 
 
-def from_npz(path: Path) -> Loaded | None:
-    """The render function, data and PNG stem of an NPZ data file; ``None`` when it is no figure's data."""
-    from lightning_viz.render.activations import render_feature_maps
-    from lightning_viz.render.histograms import render_evolution
-    from lightning_viz.render.metrics import from_record, render_metric
-
+def from_npz(path: Path, spec: figures.FigureSpec | None = None) -> Loaded | None:
+    """The render function, data and PNG stem of an NPZ data file; ``None`` when it is no figure's data
+    (which figure a file holds is declared by the callback that wrote it, as for :func:`from_json`)."""
+    spec = spec or _spec(path)
+    if spec is None:
+        return None
+    kind = spec.render.rpartition(":")[2]
+    render = spec.render_function()
     name = path.stem
     with np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
-        if "parameters" in keys and "_evolution_step" in name:
+        if kind == "render_evolution" and "parameters" in keys:
             params = []
             for p in z["parameters"].tolist():
                 counts, nonfinite = z[f"{p}/counts"], z[f"{p}/nonfinite"]
@@ -151,8 +170,8 @@ def from_npz(path: Path) -> Loaded | None:
                     }
                 )
             selection = name.split("_evolution_step", 1)[0]
-            return render_evolution, {"title": f"{selection} over training", "params": params}, name
-        if "layer_names" in keys and fnmatch.fnmatch(name, "maps_step*"):
+            return render, {"title": f"{selection} over training", "params": params}, name
+        if kind == "render_feature_maps" and "layer_names" in keys:
             names = z["layer_names"].tolist()
 
             def meta(key: str, j: int, default: Any) -> Any:
@@ -182,11 +201,13 @@ def from_npz(path: Path) -> Loaded | None:
                 "layers": layers,
                 "not_run": [str(n) for n in z["not_run"]] if "not_run" in keys else [],
             }
-            return render_feature_maps, data, name
-        if "metric_class" in keys:  # MetricPlotCallback's <metric>_epochNNN.npz
+            return render, data, name
+        if kind == "render_metric" and "metric_class" in keys:  # MetricPlotCallback's <metric>_epochNNN.npz
+            from lightning_viz.render.metrics import from_record
+
             base, _, epoch = name.rpartition("_epoch")
             record = from_record({k: z[k] for k in keys}, base, int(epoch) if epoch.isdigit() else -1)
-            return (render_metric, record, name) if record is not None else None
+            return (render, record, name) if record is not None else None
     return None
 
 
@@ -200,20 +221,34 @@ def find_data(root: Path) -> list[Path]:
     return sorted(files)
 
 
+_FIND: Any = object()  # redraw_file looks the declared figure up itself
+
+
 def redraw_file(
-    path: Path, root: Path, out: str | Path | None = None, style: str | None = None
+    path: Path,
+    root: Path,
+    out: str | Path | None = None,
+    style: str | None = None,
+    spec: figures.FigureSpec | None = _FIND,
 ) -> tuple[list[Path], bool, BaseException | None]:
-    """Redraw the figures of one data file: ``(PNG paths written, skipped, error)``; never raises."""
+    """Redraw the figures of one data file: ``(PNG paths written, skipped, error)``; never raises.
+
+    ``spec``: the declared figure the file holds, as the caller found it (``None``: none; a worker process
+    then need not import the callbacks to know)."""
     import matplotlib.style
 
     drawn: list[Path] = []
     try:
+        if spec is _FIND:
+            spec = _spec(path)
         with matplotlib.style.context(style) if style else nullcontext():
-            figures = load(path)
-            if figures is None:
+            if spec is None:  # no declared figure's data
+                return drawn, True, None
+            loaded = load(path, spec)
+            if loaded is None:
                 return drawn, True, None
             folder = path.parent if out is None else Path(out) / path.parent.relative_to(root)
-            for render, data, stem in figures:
+            for render, data, stem in loaded:
                 fig = render(data)
                 try:
                     rgba = to_rgba(fig)
@@ -226,10 +261,10 @@ def redraw_file(
 
 
 def _redraw_in_worker(
-    path: Path, root: Path, out: str | Path | None, style: str | None
+    path: Path, root: Path, out: str | Path | None, style: str | None, spec: figures.FigureSpec | None
 ) -> tuple[list[Path], bool, BaseException | None]:
     """:func:`redraw_file` in a worker process, its error made safe to send back."""
-    drawn, skipped, err = redraw_file(path, root, out, style)
+    drawn, skipped, err = redraw_file(path, root, out, style, spec)
     if err is not None:
         try:
             pickle.loads(pickle.dumps(err))
@@ -274,6 +309,7 @@ def redraw(
     with matplotlib.style.context(style) if style else nullcontext():  # a bad style fails here, once
         pass
     files = find_data(root)
+    specs = [_spec(path) for path in files]  # the declarations are read here, once
     jobs = default_jobs(len(files)) if jobs is None else max(1, int(jobs))
     outcomes: list[tuple[list[Path], bool, BaseException | None]] | None = None
     if jobs > 1:
@@ -281,11 +317,11 @@ def redraw(
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
                 args = (repeat(root), repeat(out), repeat(style))
-                outcomes = list(pool.map(_redraw_in_worker, files, *args, chunksize=4))
+                outcomes = list(pool.map(_redraw_in_worker, files, *args, specs, chunksize=4))
         except (OSError, BrokenProcessPool, pickle.PicklingError):  # no processes here: draw in this one
             outcomes = None
     if outcomes is None:
-        outcomes = [redraw_file(path, root, out, style) for path in files]
+        outcomes = [redraw_file(path, root, out, style, spec) for path, spec in zip(files, specs)]
     result: dict[str, list] = {"drawn": [], "skipped": [], "failed": []}
     for path, (drawn, skipped, err) in zip(files, outcomes):
         result["drawn"] += drawn

@@ -35,6 +35,7 @@ from lightning_viz.core.activation_stats import (
     stats_from_sums,
 )
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
+from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.hooks import Passed, capture_passed, eager, is_activation, match_modules
 from lightning_viz.core.model_input import ModelInput, example_of, feed_hint, model_input
 from lightning_viz.core.schedule import EveryNSteps, Schedule
@@ -237,6 +238,29 @@ class ActivationMapCallback(VizCallback):
     """
 
     viz_name: ClassVar[str] = "activation_map"
+    section_title, report_rank = "Activations", 4
+    figures = (
+        FigureSpec(
+            "maps",
+            "Feature maps of a fixed sample",
+            "lightning_viz.render.activations:render_feature_maps",
+            "maps_step*.npz",
+        ),
+        FigureSpec(
+            "heatmaps",
+            "Layer outputs of a fixed sample, as heatmaps",
+            "lightning_viz.render.activations:render_heatmaps",
+            "heatmaps_step*.json",
+        ),
+        FigureSpec(
+            "stats",
+            "Activation statistics over training",
+            "lightning_viz.render.activations:render_activation_stats",
+            "stats.json",
+            cumulative=True,
+            latest_only=True,
+        ),
+    )
 
     def __init__(
         self,
@@ -622,7 +646,7 @@ class ActivationMapCallback(VizCallback):
             "layers": history,
             "of": {n: self.layer_of[n] for n in history if n in self.layer_of},
         }
-        self._emit(trainer, render_activation_stats, data, "stats", "stats", step, None, cumulative=True)
+        self._emit(trainer, render_activation_stats, data, "stats", "stats", step, None)
 
     def _emit(
         self,
@@ -633,12 +657,9 @@ class ActivationMapCallback(VizCallback):
         stem: str,
         step: int,
         save: Any,
-        cumulative: bool = False,
     ) -> None:
         tag = f"viz/{self.viz_name}/{what}"
-        self.emit_figure(
-            trainer, render, data, tag=tag, stem=stem, step=step, save_data=save, cumulative=cumulative
-        )
+        self.emit_figure(trainer, render, data, tag=tag, stem=stem, step=step, save_data=save)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from torchmetrics import Metric
 
 from lightning_viz.core import lightning_state
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice
+from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.curves import render_curves
@@ -99,6 +100,17 @@ class CurvePlotCallback(VizCallback):
     """
 
     viz_name = "curves"
+    section_title, report_rank = "Learning curves", 2
+    figures = (
+        FigureSpec(
+            "curves",
+            "Curves of every logged metric",
+            "lightning_viz.render.curves:render_curves",
+            "curves.json",
+            cumulative=True,
+            latest_only=True,
+        ),
+    )
 
     def __init__(
         self,
@@ -372,7 +384,6 @@ class CurvePlotCallback(VizCallback):
                 stem=stem,
                 step=trainer.global_step,
                 save_data=False,
-                cumulative=True,
             )
             self.emit_data(trainer, "curves", {**data, "figure": stem})  # `lightning-viz render` redraws it
             self._check_panels(trainer)

@@ -18,6 +18,7 @@ from torchmetrics import Metric
 
 from lightning_viz.core import distributed
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
+from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.render.metrics import metric_record, render_metric
 
@@ -58,6 +59,9 @@ class MetricPlotCallback(VizCallback):
     """
 
     viz_name = "metric_plot"
+    section_title, report_rank = "Metric plots", 5
+    # one series per metric, named after it: <name>_epochNNN (the report heads it with the metric's class)
+    figures = (FigureSpec("*", "", "lightning_viz.render.metrics:render_metric", "*_epoch*.npz"),)
 
     def __init__(
         self,

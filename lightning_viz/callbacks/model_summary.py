@@ -26,6 +26,7 @@ from torch import nn
 
 from lightning_viz.core import distributed
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
+from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.hooks import eager, is_metric
 from lightning_viz.core.model_input import ModelInput, example_of, feed_hint, model_input
 from lightning_viz.core.warn import warn_once
@@ -387,6 +388,12 @@ class ModelSummaryCallback(VizCallback):
     """
 
     viz_name = "model_summary"
+    section_title, report_rank = "Model summary", 1
+    figures = (
+        FigureSpec(
+            "summary", "Parameters per block", "lightning_viz.render.summary:render_summary", "summary.json"
+        ),
+    )
 
     def __init__(
         self,

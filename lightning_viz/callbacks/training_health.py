@@ -51,6 +51,7 @@ from lightning_viz.core.activation_stats import (
     stats_from_sums,
 )
 from lightning_viz.core.base import VizCallback, WhenFull, check_int, step_stem
+from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.health_checks import (
     NORMALISERS,
     activation_flags,
@@ -165,6 +166,15 @@ class TrainingHealthCallback(VizCallback):
     """
 
     viz_name = "training_health"
+    section_title, report_rank = "Training health", 0
+    figures = (
+        FigureSpec(
+            "health",
+            "Gradient norms, update ratios, activations and loss at the latest check",
+            "lightning_viz.render.health:render_health",
+            "health_step*.json",
+        ),
+    )
 
     def __init__(
         self,
@@ -1018,7 +1028,6 @@ class TrainingHealthCallback(VizCallback):
                 tag=f"viz/{self.viz_name}/health",
                 stem=step_stem("health", step),
                 step=step,
-                cumulative=True,
             )
 
     def summary_text(self) -> str:

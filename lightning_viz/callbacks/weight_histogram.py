@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_viz.core import distributed, precision, stats
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
+from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.hooks import match_modules
 from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import warn_once
@@ -139,6 +140,18 @@ class WeightHistogramCallback(VizCallback):
     """
 
     viz_name = "weight_histogram"
+    section_title, report_rank = "Weights and gradients over training", 3
+    figures = tuple(
+        FigureSpec(
+            f"{sel}_evolution",
+            f"{title} distributions over training",
+            "lightning_viz.render.histograms:render_evolution",
+            f"{sel}_evolution_step*.npz",
+            cumulative=True,
+            latest_only=True,
+        )
+        for sel, title in (("weights", "Weight"), ("gradients", "Gradient"))
+    )
 
     def __init__(
         self,
@@ -438,7 +451,6 @@ class WeightHistogramCallback(VizCallback):
                     stem=stem,
                     step=step,
                     save_data=arrays,
-                    cumulative=True,
                 )
 
     # ------------------------------------------------------------------ state

@@ -22,6 +22,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.figure import Figure
 
 from lightning_viz.core import distributed, errors, pacing, renderer, writer
+from lightning_viz.core.figures import FRAME, FigureSpec
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.sinks import FileSink, Sink, fan_out, make_sinks
 from lightning_viz.core.warn import warn_if_state_missing, warn_once
@@ -63,6 +64,10 @@ class VizCallback(Callback):
     """
 
     viz_name: ClassVar[str] = "viz"
+    # its figures and its report section, declared (read by the report and `lightning-viz render`)
+    figures: ClassVar[tuple[FigureSpec, ...]] = ()
+    section_title: ClassVar[str] = ""
+    report_rank: ClassVar[int] = 100
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -209,6 +214,18 @@ class VizCallback(Callback):
             if cb is not self and callable(listener):
                 listener(trainer, self, kind, step, payload)
 
+    # ------------------------------------------------------------------ declared figures
+    @classmethod
+    def figure_spec(cls, stem: str) -> FigureSpec:
+        """The declared figure (``figures``) a PNG stem belongs to; raises ``LookupError`` if none does."""
+        m = FRAME.match(stem)
+        series = m["series"] if m else stem
+        spec = next((f for f in cls.figures if f.series == series), None)
+        spec = spec or next((f for f in cls.figures if f.series == "*"), None)
+        if spec is None:
+            raise LookupError(f"{cls.__name__} declares no figure {stem!r} in `figures`")
+        return spec
+
     # ------------------------------------------------------------------ emission (rank zero only)
     def emitting(self, trainer: Trainer) -> bool:
         return distributed.is_emitter(trainer) and bool(self._sinks)
@@ -228,7 +245,7 @@ class VizCallback(Callback):
         stem: str,
         step: int,
         save_data: Any = None,
-        cumulative: bool = False,
+        cumulative: bool | None = None,
     ) -> None:
         """Draw ``render(data)`` in the render process (see :mod:`~lightning_viz.core.renderer`), off the
         training thread, and hand the picture to every sink (rank zero only).
@@ -242,10 +259,16 @@ class VizCallback(Callback):
             save_data: what to save beside the PNG (defaults to ``data``); ``False`` saves nothing.
             cumulative: the figure shows everything so far, so a newer one with the same tag may take the
                 place of this one while it still waits to be drawn and drawing is behind (see
-                :mod:`~lightning_viz.core.writer`); its data is saved either way.
+                :mod:`~lightning_viz.core.writer`); its data is saved either way. Default: as declared in
+                the callback's ``figures`` for this stem.
         """
         if not self.emitting(trainer):
             return
+        if cumulative is None:
+            try:
+                cumulative = self.figure_spec(stem).cumulative
+            except LookupError:  # a figure its class does not declare: a snapshot
+                cumulative = False
         sinks = list(self._sinks)
         owner = type(self).__name__
         payload = data if save_data is None else save_data

@@ -27,7 +27,7 @@ from lightning_viz import (
     WeightHistogramCallback,
 )
 from lightning_viz.core import writer
-from lightning_viz.report import FRAME
+from lightning_viz.core.figures import FRAME
 from lightning_viz.rerender import main, redraw
 from tests.helpers import RandomImages, make_trainer
 from tests.integrations.test_metric_plot import WithMetrics
@@ -107,6 +107,31 @@ def data_only(run: Path, dest: Path) -> Path:
 
 def test_the_run_wrote_every_figure_kind(run):
     assert kinds(pngs(run)) == KINDS
+
+
+def test_every_picture_is_declared_by_its_callback_and_every_declaration_drawn(run):
+    """The declarations (``figures``) that the report and ``render`` read are the figures the callbacks draw:
+    each picture's series is declared in its callback's section, and each declared series was drawn."""
+    from lightning_viz.core import figures
+
+    sections = {s.folder: s for s in figures.sections()}
+    assert set(sections) == set(KINDS)
+    for folder, series in kinds(pngs(run)).items():
+        for name in series:
+            assert any(spec.shows(name) for spec in sections[folder].figures), f"{folder}/{name} undeclared"
+    for folder, section in sections.items():
+        declared = {spec.series for spec in section.figures} - {"*"}
+        assert declared <= KINDS[folder], f"{folder}: declared but never drawn: {declared - KINDS[folder]}"
+        for spec in section.figures:
+            assert callable(spec.render_function()), spec.render
+    # every data file beside a picture is found as that figure's data
+    for png in run.rglob("*.png"):
+        data = [png.with_suffix(ext) for ext in (".json", ".npz") if png.with_suffix(ext).is_file()]
+        if data:
+            spec = figures.spec_for_data(data[0].name, png.parent.name)
+            assert spec is not None and spec.shows(
+                kinds({png.relative_to(run).as_posix()})[png.parent.name].pop()
+            )
 
 
 def test_render_redraws_exactly_the_pictures_the_run_wrote(run, tmp_path):
