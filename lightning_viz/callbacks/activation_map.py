@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from lightning_viz.core import distributed, lightning_state
+from lightning_viz.core import distributed, lightning_state, sharding
 from lightning_viz.core.activation_stats import (
     NSUMS,
     STATS,
@@ -55,7 +55,7 @@ HEATMAP_ROWS, HEATMAP_COLS = 64, 128
 def clean_layer_name(name: str) -> str:
     """A module name as the user wrote the model: without the ``_orig_mod`` that ``torch.compile`` inserts
     for a compiled submodule, nor the wrapper prefixes of FSDP1 and activation checkpointing."""
-    return distributed.clean_name(name)
+    return sharding.clean_name(name)
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from lightning_viz.core import distributed
+from lightning_viz.core import sharding
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int
 from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.hooks import eager, is_metric
@@ -51,7 +51,7 @@ _HOOK_DICTS = (
 def param_name(name: str) -> str:
     """A parameter or module name as the user wrote the model: without ``_orig_mod.`` (``torch.compile``)
     or the FSDP1 and activation-checkpointing wrapper prefixes."""
-    return distributed.clean_name(name)
+    return sharding.clean_name(name)
 
 
 @dataclass
@@ -81,13 +81,13 @@ def count_parameters(module: nn.Module) -> ParamCounts:
     """The one place parameters are counted.
 
     ``named_parameters()`` yields each ``Parameter`` object once (a tied weight belongs to the first block
-    that holds it), and :func:`~lightning_viz.core.distributed.original_numels` gives the full size of a
+    that holds it), and :func:`~lightning_viz.core.sharding.original_numels` gives the full size of a
     sharded parameter (an FSDP1 ``FlatParameter`` as the original parameters it holds), so totals equal
     ``sum(p.numel() for p in module.parameters())`` of the unsharded module.
     """
     counts = ParamCounts()
     for pname, p in module.named_parameters():
-        pieces = distributed.original_numels(pname, p)
+        pieces = sharding.original_numels(pname, p)
         for name, n in pieces:
             name = param_name(name)
             block = name.split(".", 1)[0] if "." in name else ROOT_BLOCK
@@ -460,7 +460,7 @@ class ModelSummaryCallback(VizCallback):
         precision = getattr(trainer, "precision_plugin", None)
         ctx = getattr(precision, "forward_context", nullcontext)
         with self.guard(trainer, "model summary"):
-            if inp is not None and distributed.is_fsdp1_wrapped(pl_module):
+            if inp is not None and sharding.is_fsdp1_wrapped(pl_module):
                 inp = None
                 problems.append(
                     f"{name}: the model is wrapped by FSDP1 (FSDPStrategy); a forward pass outside the "

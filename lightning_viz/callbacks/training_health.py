@@ -41,7 +41,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from lightning_viz.core import distributed, lightning_state, precision, stats
+from lightning_viz.core import distributed, lightning_state, precision, sharding, stats
 from lightning_viz.core.activation_stats import (
     NSUMS,
     first_tensor,
@@ -280,10 +280,10 @@ class TrainingHealthCallback(VizCallback):
         self._manual = not pl_module.automatic_optimization
         # registration order = depth; ndim >= 2 marks a weight (published records are checked before the
         # first own examination)
-        self._ndim = {distributed.clean_name(n): p.ndim for n, p in pl_module.named_parameters()}
+        self._ndim = {sharding.clean_name(n): p.ndim for n, p in pl_module.named_parameters()}
         self._own_histograms = "histograms" not in declared
         self._watch = {
-            distributed.clean_name(n): m
+            sharding.clean_name(n): m
             for n, m in pl_module.named_modules()
             if n and (_weight_layer(m) or is_activation(m))
         }
@@ -401,7 +401,7 @@ class TrainingHealthCallback(VizCallback):
             for group in opt.param_groups:
                 for p in group["params"]:
                     owners.setdefault(id(p), set()).add(i)
-        params = [(distributed.clean_name(n), p) for n, p in pl_module.named_parameters()]
+        params = [(sharding.clean_name(n), p) for n, p in pl_module.named_parameters()]
         known = any(id(p) in owners for _, p in params)  # else a wrapper hides them: requires_grad decides
         trains = {n: p.requires_grad and (id(p) in owners or not known) for n, p in params}
         self._frozen = {n: int(p.numel()) for n, p in params if not trains[n]}
@@ -453,14 +453,14 @@ class TrainingHealthCallback(VizCallback):
         if "update_ratio" in self.checks:
             for name, p in params:
                 if p.ndim >= 2 and p.grad is not None:
-                    local, contributes = distributed.local_view(p)
+                    local, contributes = sharding.local_view(p)
                     self._before.append((name, p, local.detach().clone(), contributes))
 
     def _close_updates(self) -> None:
         """Sums of squares of the weights before and of the change, once their optimizer step is done."""
         for name, p, old, contributes in self._before:
             if contributes:
-                new, o = distributed.local_view(p)[0].detach().double(), old.double()
+                new, o = sharding.local_view(p)[0].detach().double(), old.double()
                 self._upd.append((name, o.square().sum(), (new - o).square().sum()))
             else:
                 zero = torch.zeros((), dtype=torch.float64, device=old.device)
@@ -537,7 +537,7 @@ class TrainingHealthCallback(VizCallback):
         self._origin_tried.add(step)
         found: Origin | None = None
         inp = model_input(self._batch, pl_module) if self._batch is not None else None
-        if inp is None or distributed.is_fsdp1_wrapped(pl_module):
+        if inp is None or sharding.is_fsdp1_wrapped(pl_module):
             self.notes["origin"] = "the module where NaN/Inf first appear could not be looked for: " + (
                 "FSDP1 units run only from the root" if inp is not None else "the batch cannot feed the model"
             )

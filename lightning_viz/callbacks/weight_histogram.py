@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from lightning_viz.core import distributed, precision, stats
+from lightning_viz.core import precision, sharding, stats
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
 from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.hooks import match_modules
@@ -212,7 +212,7 @@ class WeightHistogramCallback(VizCallback):
     # ------------------------------------------------------------------ selection
     def _select(self, pl_module: LightningModule) -> list[tuple[str, torch.Tensor]]:
         if self.layers is None:
-            return [(distributed.clean_name(n), p) for n, p in pl_module.named_parameters()]
+            return [(sharding.clean_name(n), p) for n, p in pl_module.named_parameters()]
         modules = match_modules(pl_module, self.layers, argument="layers", predicate=_owns_parameters)
         seen: set[int] = set()
         out = []
@@ -220,7 +220,7 @@ class WeightHistogramCallback(VizCallback):
             for pname, p in module.named_parameters(recurse=False):
                 if id(p) not in seen:  # a tied parameter is logged once, under its first owner
                     seen.add(id(p))
-                    out.append((distributed.clean_name(f"{mname}.{pname}"), p))
+                    out.append((sharding.clean_name(f"{mname}.{pname}"), p))
         return out
 
     def check_model(self, pl_module: LightningModule) -> None:

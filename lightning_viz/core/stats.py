@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lightning_viz.core import distributed
+from lightning_viz.core import distributed, sharding
 
 CPU_CHUNK = 1 << 18  # elements per chunk on the CPU: fits in L2/L3, keeps temporaries hot
 CPU_BATCH_BELOW = 1 << 16  # CPU float32 tensors smaller than this are binned together, in one batch
@@ -383,7 +383,7 @@ def _histogram_set(
             locals_.append(None)
             contrib.append(False)
             continue
-        local, c = distributed.local_view(t)
+        local, c = sharding.local_view(t)
         locals_.append(_as_float(local.detach()).reshape(-1))
         contrib.append(c)
 

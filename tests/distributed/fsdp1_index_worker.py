@@ -21,7 +21,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lightning_viz.core import distributed, stats
+from lightning_viz.core import sharding, stats
 
 
 def model() -> nn.Module:
@@ -50,8 +50,8 @@ def exact(named: list[tuple[str, nn.Parameter]], root: nn.Module, flat: bool) ->
     return {
         "failed": failed,
         "numel": [int(n) for n in hs.numel],
-        "full_numel": [distributed.full_numel(p) for _, p in named],
-        "original_numels": [distributed.original_numels(n, p) for n, p in named],
+        "full_numel": [sharding.full_numel(p) for _, p in named],
+        "original_numels": [sharding.original_numels(n, p) for n, p in named],
         "exact": ok,
     }
 
@@ -62,9 +62,9 @@ def main() -> None:
     dist.init_process_group("gloo")
     result: dict = {}
     plain = torch.ones(3)
-    result["plain_view"] = [distributed.local_view(plain)[1], distributed.full_numel(plain)]
-    result["scanned_after_plain"] = distributed._FSDP1.scanned  # plain tensors never scan the heap
-    distributed._HOOK.remove()  # as if both models were wrapped before lightning_viz was imported
+    result["plain_view"] = [sharding.local_view(plain)[1], sharding.full_numel(plain)]
+    result["scanned_after_plain"] = sharding._FSDP1.scanned  # plain tensors never scan the heap
+    sharding._HOOK.remove()  # as if both models were wrapped before lightning_viz was imported
     roots = {
         orig: FullyShardedDataParallel(
             model(),
@@ -74,12 +74,12 @@ def main() -> None:
         )
         for orig in (True, False)
     }
-    assert not distributed._FSDP1.pending
+    assert not sharding._FSDP1.pending
     for orig, root in roots.items():
         torch.manual_seed(dist.get_rank())
         root(torch.randn(4, 5)).sum().backward()
         result[f"orig_params={orig}"] = exact(list(root.named_parameters()), root, flat=not orig)
-    result["scanned"] = distributed._FSDP1.scanned
+    result["scanned"] = sharding._FSDP1.scanned
     if dist.get_rank() == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1))
     dist.barrier()

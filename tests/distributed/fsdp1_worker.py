@@ -26,7 +26,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lightning_viz.core import distributed
+from lightning_viz.core import sharding
 from tests.distributed.worker import build_callbacks, instrument, start_worker
 from tests.helpers import RandomImages, TinyCNN
 
@@ -115,7 +115,7 @@ class FullValues(Callback):
                 keys = [f"{prefix}.{fqn}" if prefix else fqn for fqn in flat._fqns]
                 arrays[f"weights/{name}"] = torch.cat([by_suffix[k].reshape(-1) for k in keys]).cpu().numpy()
         if trainer.global_rank == 0:  # tags carry the names without FSDP's wrapper prefix
-            arrays = {distributed.clean_name(k): v for k, v in arrays.items()}
+            arrays = {sharding.clean_name(k): v for k, v in arrays.items()}
             np.savez(self.out / f"params_rank0_step{step:06d}.npz", **arrays)
 
 

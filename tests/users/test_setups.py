@@ -37,8 +37,8 @@ from lightning_viz import (
     WeightHistogramCallback,
 )
 from lightning_viz.core import renderer, writer
-from lightning_viz.core.distributed import clean_name
 from lightning_viz.core.hooks import hook_count
+from lightning_viz.core.sharding import clean_name
 from lightning_viz.core.warn import VizWarning
 from lightning_viz.render import open_figure_count
 from tests.helpers import RandomImages, TinyCNN, make_trainer, read_events
