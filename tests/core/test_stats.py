@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lightning_viz.core import stats
+from lightning_viz.core import cpu_histograms, stats
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -93,7 +93,7 @@ def test_histogram_set_matches_numpy(items, bins):
 def test_histogram_set_chunked_large_tensor_with_nan():
     """More elements than one CPU chunk, with NaN/Inf scattered through several chunks."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3 * stats.CPU_CHUNK + 123, generator=g) * 0.02
+    x = torch.randn(3 * cpu_histograms.CPU_CHUNK + 123, generator=g) * 0.02
     x[::100_003] = math.nan
     x[7::200_011] = -math.inf
     y = torch.randn(1000, generator=g, dtype=torch.float64)
@@ -171,8 +171,8 @@ def test_many_tensors_batched_chunked_and_threaded(monkeypatch):
     negative value underflows next to a wide range, NaN/Inf in a small and in a large tensor, a float64 and
     an integer tensor, all checked against numpy on the same edges.
     """
-    monkeypatch.setattr(stats, "CPU_WORKERS", 2)
-    monkeypatch.setattr(stats, "CPU_PARALLEL_ABOVE", 1000)
+    monkeypatch.setattr(cpu_histograms, "CPU_WORKERS", 2)
+    monkeypatch.setattr(cpu_histograms, "CPU_PARALLEL_ABOVE", 1000)
     g = torch.Generator().manual_seed(1)
     items: list[torch.Tensor] = []
     for j in range(30):
@@ -185,9 +185,9 @@ def test_many_tensors_batched_chunked_and_threaded(monkeypatch):
     small_nan[::7] = math.nan
     small_nan[3] = math.inf
     items.append(small_nan)
-    big = torch.randn(stats.CPU_CHUNK + stats.CPU_BATCH_BELOW + 5, generator=g) * 1e-3 + 0.5
+    big = torch.randn(cpu_histograms.CPU_CHUNK + cpu_histograms.CPU_BATCH_BELOW + 5, generator=g) * 1e-3 + 0.5
     big[::1001] = -math.inf
-    items += [big, torch.randn(2 * stats.CPU_BATCH_BELOW, generator=g)]
+    items += [big, torch.randn(2 * cpu_histograms.CPU_BATCH_BELOW, generator=g)]
     items += [torch.randn(777, generator=g, dtype=torch.float64), torch.arange(-50, 5000, dtype=torch.int32)]
     for bins in (64, 300):
         hs, failed = stats.histogram_set(items, [f"t{i}" for i in range(len(items))], bins)
@@ -199,8 +199,8 @@ def test_many_tensors_batched_chunked_and_threaded(monkeypatch):
 def test_map_cpu_shares_work_keeps_order_and_raises(monkeypatch):
     import threading
 
-    monkeypatch.setattr(stats, "CPU_WORKERS", 2)
-    monkeypatch.setattr(stats, "CPU_PARALLEL_ABOVE", 0)
+    monkeypatch.setattr(cpu_histograms, "CPU_WORKERS", 2)
+    monkeypatch.setattr(cpu_histograms, "CPU_PARALLEL_ABOVE", 0)
     seen: set[int] = set()
     gate = threading.Barrier(2, timeout=10)
 
@@ -211,7 +211,7 @@ def test_map_cpu_shares_work_keeps_order_and_raises(monkeypatch):
         return x * x
 
     items = list(range(100))
-    assert stats._map_cpu(fn, items, items) == [x * x for x in items]
+    assert cpu_histograms.map_cpu(fn, items, items) == [x * x for x in items]
     assert len(seen) == 2
 
     def bad(x: int) -> int:
@@ -220,10 +220,10 @@ def test_map_cpu_shares_work_keeps_order_and_raises(monkeypatch):
         return x
 
     with pytest.raises(ValueError, match="boom"):
-        stats._map_cpu(bad, items, items)
-    monkeypatch.setattr(stats, "CPU_WORKERS", 1)
+        cpu_histograms.map_cpu(bad, items, items)
+    monkeypatch.setattr(cpu_histograms, "CPU_WORKERS", 1)
     seen.clear()
-    assert stats._map_cpu(lambda x: seen.add(threading.get_ident()) or -x, items, items) == [
+    assert cpu_histograms.map_cpu(lambda x: seen.add(threading.get_ident()) or -x, items, items) == [
         -x for x in items
     ]
     assert seen == {threading.get_ident()}
