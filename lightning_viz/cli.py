@@ -20,6 +20,9 @@ tells where the pictures are.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import os
 import re
 import sys
@@ -67,14 +70,17 @@ def did_you_mean(message: str) -> str | None:
     """A hint for a jsonargparse error about a lightning-viz callback: the argument or class meant."""
     exported = [n for n in lightning_viz.__all__ if n[0].isupper()]
     for path, option in re.findall(
-        r"class_path '(lightning_viz\.\w+)':\s*Option '(\w+)' is not accepted", message
+        r"class_path '(lightning_viz[\w.]*\.\w+)':\s*Option '(\w+)' is not accepted", message
     ):
-        cls = getattr(lightning_viz, path.split(".")[1], None)
-        if cls is None:
+        module, _, name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
             continue
-        import inspect
-
-        accepted = [a for a in inspect.signature(cls.__init__).parameters if a != "self"]
+        if dataclasses.is_dataclass(cls):  # a typed group of arguments (TrainingHealthCallback's thresholds)
+            accepted = [f.name for f in dataclasses.fields(cls)]
+        else:
+            accepted = [a for a in inspect.signature(cls.__init__).parameters if a != "self"]
         close = get_close_matches(option, accepted, n=1, cutoff=0.6)
         if close:
             return f"did you mean `{close[0]}` (an argument of {path})? Arguments: {', '.join(accepted)}"

@@ -31,6 +31,7 @@ per-step loss check agrees across ranks (one ``agree_any``) wherever it runs wit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping
@@ -50,10 +51,11 @@ from lightning_viz.core.activation_stats import (
     stat_view,
     stats_from_sums,
 )
-from lightning_viz.core.base import VizCallback, WhenFull, check_int, step_stem
+from lightning_viz.core.base import VizCallback, WhenFull, step_stem
 from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.health_checks import (
     NORMALISERS,
+    Thresholds,
     activation_flags,
     depth_ratios,
     first_nonfinite,
@@ -100,13 +102,6 @@ PATHOLOGY = {
 }
 
 
-def _check_positive(name: str, value: Any, upper: float | None = None) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
-    if not ok or (upper is not None and value > upper):
-        span = f"in (0, {upper}]" if upper is not None else "a number > 0"
-        raise ValueError(f"`{name}` must be {span}; got {value!r}")
-
-
 def _weight_layer(module: nn.Module) -> bool:
     return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
 
@@ -132,26 +127,14 @@ class TrainingHealthCallback(VizCallback):
             in every lightning-viz callback.
         checks: which checks run (default: all): ``dead_units``, ``saturation``, ``vanishing_gradients``,
             ``exploding_gradients``, ``update_ratio``, ``nonfinite``, ``loss_spike``, ``loss_plateau``.
-        dead_threshold: a layer's units are dead when this fraction of the values it passes on after its
-            non-linearity, over the whole batch, is exactly zero (a healthy ReLU has about half).
-        saturation_threshold: a tanh/sigmoid layer is saturated when this fraction of its outputs lies near
-            its bounds.
-        saturation_level: "near the bounds" for the hooked layers: ``|a - centre| >= level * half range``
-            (records of an ActivationMapCallback use its own ``saturation_threshold``).
-        vanishing_ratio: gradients vanish when a weight's gradient norm is below this times the deepest
-            weight's (weights are parameters with ``ndim >= 2``, in registration order).
-        exploding_norm: gradients explode when any parameter's gradient norm exceeds this.
-        exploding_growth: gradients also explode when the total gradient norm exceeds this times the first
-            one examined.
-        tiny_update_ratio: updates are negligible when ``||W_after - W_before|| / ||W_before||`` of one
-            optimizer step is below this (about 1e-3 is healthy).
-        large_update_ratio: updates are too large when that ratio exceeds this.
-        spike_factor: a loss spike is a step loss above this times the median of the previous
-            ``spike_window`` step losses (judged once 3 earlier losses exist).
-        spike_window: step losses in the running median.
-        plateau_patience: a plateau is when the epoch-mean loss improved by less than
-            ``plateau_tolerance`` (relative) over this many epochs.
-        plateau_tolerance: smallest relative improvement over ``plateau_patience`` epochs.
+        thresholds: when the checks flag a layer (:class:`~lightning_viz.core.health_checks.Thresholds`); in
+            YAML a mapping of only those you change, e.g. ``{dead_threshold: 0.8, exploding_norm: 100}``:
+            ``dead_threshold`` (exact-zero fraction of a layer's passed-on values, 0.9),
+            ``saturation_threshold`` (fraction near the bounds, 0.5), ``saturation_level`` (what "near" is,
+            0.99), ``vanishing_ratio`` (gradient norm below this times the deepest weight's, 1e-3),
+            ``exploding_norm`` (1e3), ``exploding_growth`` (total gradient norm over the first one, 1e3),
+            ``tiny_update_ratio`` (1e-6), ``large_update_ratio`` (0.5), ``spike_factor`` (5.0),
+            ``spike_window`` (20), ``plateau_patience`` (3 epochs), ``plateau_tolerance`` (1e-3).
         monitor: the logged step loss (``<monitor>`` or ``<monitor>_step``).
         activation_hooks: hook the weight layers and activation modules during the training forward of
             examined steps.
@@ -180,18 +163,7 @@ class TrainingHealthCallback(VizCallback):
         self,
         every_n_steps: EveryNSteps = "log_every_n_steps",
         checks: list[Check] | None = None,
-        dead_threshold: float = 0.9,
-        saturation_threshold: float = 0.5,
-        saturation_level: float = 0.99,
-        vanishing_ratio: float = 1e-3,
-        exploding_norm: float = 1e3,
-        exploding_growth: float = 1e3,
-        tiny_update_ratio: float = 1e-6,
-        large_update_ratio: float = 0.5,
-        spike_factor: float = 5.0,
-        spike_window: int = 20,
-        plateau_patience: int = 3,
-        plateau_tolerance: float = 1e-3,
+        thresholds: Thresholds | None = None,
         monitor: str = "train_loss",
         activation_hooks: bool = True,
         nonfinite_every_step: bool | None = None,
@@ -201,16 +173,18 @@ class TrainingHealthCallback(VizCallback):
     ) -> None:
         super().__init__(output_dir=output_dir, when_full=when_full)
         self.schedule = Schedule(every_n_steps)
-        check_int("spike_window", spike_window, 1)
-        check_int("plateau_patience", plateau_patience, 1)
-        for name in ("dead_threshold", "saturation_threshold", "saturation_level"):
-            _check_positive(name, locals()[name], upper=1.0)
-        for name in ("vanishing_ratio", "exploding_norm", "exploding_growth", "tiny_update_ratio"):
-            _check_positive(name, locals()[name])
-        _check_positive("large_update_ratio", large_update_ratio)
-        _check_positive("spike_factor", spike_factor)
-        if isinstance(plateau_tolerance, bool) or not isinstance(plateau_tolerance, (int, float)):
-            raise ValueError(f"`plateau_tolerance` must be a number; got {plateau_tolerance!r}")
+        if isinstance(thresholds, Mapping):  # plain Python: a dict of the ones to change
+            unknown = sorted(set(thresholds) - {f.name for f in dataclasses.fields(Thresholds)})
+            if unknown:
+                choices = [f.name for f in dataclasses.fields(Thresholds)]
+                raise ValueError(f"`thresholds` has no {unknown}; valid: {choices}")
+            thresholds = Thresholds(**thresholds)
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise ValueError(
+                f"`thresholds` must be a mapping of threshold names to numbers; got {thresholds!r}"
+            )
+        self.thresholds = thresholds or Thresholds()
+        self.thresholds.check()
         if nonfinite_every_step not in (None, True, False):
             raise ValueError(
                 f"`nonfinite_every_step` must be null, true or false; got {nonfinite_every_step!r}"
@@ -220,12 +194,6 @@ class TrainingHealthCallback(VizCallback):
             raise ValueError(f"`checks` must be a list of {list(CHECKS)}; got {checks!r}")
         self.every_n_steps = every_n_steps
         self.checks = tuple(CHECKS if checks is None else checks)
-        self.dead_threshold, self.saturation_threshold = float(dead_threshold), float(saturation_threshold)
-        self.saturation_level, self.vanishing_ratio = float(saturation_level), float(vanishing_ratio)
-        self.exploding_norm, self.exploding_growth = float(exploding_norm), float(exploding_growth)
-        self.tiny_update_ratio, self.large_update_ratio = float(tiny_update_ratio), float(large_update_ratio)
-        self.spike_factor, self.spike_window = float(spike_factor), spike_window
-        self.plateau_patience, self.plateau_tolerance = plateau_patience, float(plateau_tolerance)
         self.monitor, self.activation_hooks, self.log_scalars = monitor, activation_hooks, log_scalars
         self.nonfinite_every_step = nonfinite_every_step
         self.findings: list[dict[str, Any]] = []
@@ -373,7 +341,7 @@ class TrainingHealthCallback(VizCallback):
         if not isinstance(t, torch.Tensor) or not t.numel():
             return
         flags[1] = float(bounds is not None)
-        vec = output_sums(stat_view(t), bounds, self.saturation_level)
+        vec = output_sums(stat_view(t), bounds, self.thresholds.saturation_level)
         vec = torch.cat([vec, torch.tensor(flags, dtype=vec.dtype, device=vec.device)])
         if name in self._acc:
             vec[:NSUMS] += self._acc[name][:NSUMS]
@@ -484,19 +452,19 @@ class TrainingHealthCallback(VizCallback):
             self._epoch_losses.append(mean)
         self._epoch_sum, self._epoch_count = 0.0, 0
         if "loss_plateau" in self.checks:
-            gain = plateau_improvement(self._epoch_losses, self.plateau_patience)
+            gain = plateau_improvement(self._epoch_losses, self.thresholds.plateau_patience)
             if gain is not None:
                 self._scalars(trainer, {"health/loss_improvement": gain}, trainer.global_step)
-                if gain < self.plateau_tolerance:
+                if gain < self.thresholds.plateau_tolerance:
                     self._flag(
                         trainer,
                         "loss_plateau",
                         self.monitor,
                         trainer.global_step,
                         gain,
-                        self.plateau_tolerance,
-                        f"the epoch-mean loss improved by {gain:.2%} over the last {self.plateau_patience} "
-                        f"epochs (tolerance {self.plateau_tolerance:.2%})",
+                        self.thresholds.plateau_tolerance,
+                        f"the epoch-mean loss improved by {gain:.2%} over the last {self.thresholds.plateau_patience} "
+                        f"epochs (tolerance {self.thresholds.plateau_tolerance:.2%})",
                     )
         self._draw(trainer)
 
@@ -718,10 +686,16 @@ class TrainingHealthCallback(VizCallback):
             )
             if shown[1] is not None and math.isfinite(shown[1]):
                 self._latest["act"][e["layer"]] = (shown[0], float(shown[1]))
-        for check, name, value in activation_flags(entries, self.dead_threshold, self.saturation_threshold):
+        for check, name, value in activation_flags(
+            entries, self.thresholds.dead_threshold, self.thresholds.saturation_threshold
+        ):
             if check not in self.checks:
                 continue
-            limit = self.dead_threshold if check == "dead_units" else self.saturation_threshold
+            limit = (
+                self.thresholds.dead_threshold
+                if check == "dead_units"
+                else self.thresholds.saturation_threshold
+            )
             what = "exactly zero" if check == "dead_units" else "at its bounds"
             self._flag(
                 trainer,
@@ -800,11 +774,11 @@ class TrainingHealthCallback(VizCallback):
         self._latest["grad_step"] = step
         ndim = self._ndim
         deepest = [v for n, v in grads if ndim.get(n, 2) >= 2][-1:]
-        self._latest["vanishing_below"] = self.vanishing_ratio * deepest[0] if deepest else None
+        self._latest["vanishing_below"] = self.thresholds.vanishing_ratio * deepest[0] if deepest else None
         total = math.sqrt(sum(v * v for _, v in grads))
         if "exploding_gradients" in self.checks:
             first = self._first_total_grad.setdefault(grads[0][0], total) if total > 0 else None
-            big = [(n, v) for n, v in grads if v > self.exploding_norm]
+            big = [(n, v) for n, v in grads if v > self.thresholds.exploding_norm]
             for n, v in big:
                 self._flag(
                     trainer,
@@ -812,10 +786,10 @@ class TrainingHealthCallback(VizCallback):
                     n,
                     step,
                     v,
-                    self.exploding_norm,
-                    f"gradient norm {v:.3g} > {self.exploding_norm:.3g}",
+                    self.thresholds.exploding_norm,
+                    f"gradient norm {v:.3g} > {self.thresholds.exploding_norm:.3g}",
                 )
-            if not big and first and total > self.exploding_growth * first:
+            if not big and first and total > self.thresholds.exploding_growth * first:
                 growth = total / first
                 self._flag(
                     trainer,
@@ -823,14 +797,16 @@ class TrainingHealthCallback(VizCallback):
                     grads[0][0],
                     step,
                     growth,
-                    self.exploding_growth,
+                    self.thresholds.exploding_growth,
                     f"the total gradient norm grew {growth:.3g}x since the first check",
                 )
         weights = [(n, v) for n, v in grads if ndim.get(n, 2) >= 2]
         if "vanishing_gradients" in self.checks and len(weights) >= 2:
             ratios = depth_ratios([v for _, v in weights])
             scalars["health/grad_norm_ratio"] = float(ratios[0])
-            low = [(n, r) for (n, _), r in zip(weights[:-1], ratios[:-1]) if r < self.vanishing_ratio]
+            low = [
+                (n, r) for (n, _), r in zip(weights[:-1], ratios[:-1]) if r < self.thresholds.vanishing_ratio
+            ]
             for n, r in low:
                 self._flag(
                     trainer,
@@ -838,9 +814,9 @@ class TrainingHealthCallback(VizCallback):
                     n,
                     step,
                     r,
-                    self.vanishing_ratio,
+                    self.thresholds.vanishing_ratio,
                     f"its gradient norm is {r:.2e} x that of {weights[-1][0]} "
-                    f"(threshold {self.vanishing_ratio:.0e})",
+                    f"(threshold {self.thresholds.vanishing_ratio:.0e})",
                 )
         self._scalars(trainer, scalars, step)
 
@@ -857,8 +833,16 @@ class TrainingHealthCallback(VizCallback):
             if math.isfinite(r):
                 scalars[f"health/update_ratio/{n}"] = float(r)
         for check, test, limit in (
-            ("tiny_updates", lambda r: r < self.tiny_update_ratio, self.tiny_update_ratio),
-            ("large_updates", lambda r: r > self.large_update_ratio, self.large_update_ratio),
+            (
+                "tiny_updates",
+                lambda r: r < self.thresholds.tiny_update_ratio,
+                self.thresholds.tiny_update_ratio,
+            ),
+            (
+                "large_updates",
+                lambda r: r > self.thresholds.large_update_ratio,
+                self.thresholds.large_update_ratio,
+            ),
         ):
             for n, r in zip(names, ratios):
                 if math.isfinite(r) and test(r) and not (check == "large_updates" and n in zero_start):
@@ -898,8 +882,12 @@ class TrainingHealthCallback(VizCallback):
             detail = f"the loss is {bad[1]}{self._follows()}"
             self._flag(trainer, "nonfinite", self.monitor, bad[0], bad[1], 0.0, detail)
         if "loss_spike" in self.checks:
-            for i in loss_spikes(self._loss_values, values, self.spike_factor, self.spike_window):
-                prior = [v for v in self._loss_values + values[:i] if math.isfinite(v)][-self.spike_window :]
+            for i in loss_spikes(
+                self._loss_values, values, self.thresholds.spike_factor, self.thresholds.spike_window
+            ):
+                prior = [v for v in self._loss_values + values[:i] if math.isfinite(v)][
+                    -self.thresholds.spike_window :
+                ]
                 med = float(np.median(prior))
                 self._flag(
                     trainer,
@@ -907,12 +895,12 @@ class TrainingHealthCallback(VizCallback):
                     self.monitor,
                     steps[i],
                     values[i] / med,
-                    self.spike_factor,
+                    self.thresholds.spike_factor,
                     f"{values[i]:.4g} is {values[i] / med:.3g}x the median of the previous "
-                    f"{self.spike_window} steps",
+                    f"{self.thresholds.spike_window} steps",
                 )
                 break
-        prior = [v for v in self._loss_values if math.isfinite(v)][-self.spike_window :]
+        prior = [v for v in self._loss_values if math.isfinite(v)][-self.thresholds.spike_window :]
         if len(prior) >= MIN_SPIKE_HISTORY and math.isfinite(values[-1]) and np.median(prior) > 0:
             scalars["health/loss_to_median"] = values[-1] / float(np.median(prior))
         finite = [v for v in values if math.isfinite(v)]
@@ -920,8 +908,8 @@ class TrainingHealthCallback(VizCallback):
         self._loss_steps += steps
         self._loss_values += values
         if len(self._loss_values) > MAX_LOSS_POINTS:  # thin the older half of the curve; keep the window
-            keep = list(range(0, len(self._loss_values) - self.spike_window, 2))
-            keep += range(len(self._loss_values) - self.spike_window, len(self._loss_values))
+            keep = list(range(0, len(self._loss_values) - self.thresholds.spike_window, 2))
+            keep += range(len(self._loss_values) - self.thresholds.spike_window, len(self._loss_values))
             self._loss_steps = [self._loss_steps[i] for i in keep]
             self._loss_values = [self._loss_values[i] for i in keep]
 
@@ -981,7 +969,7 @@ class TrainingHealthCallback(VizCallback):
             "loss_values": list(self._loss_values),
             "findings": [dict(f) for f in self.findings],
             "flagged": {k: sorted(v) for k, v in flagged.items()},
-            "thresholds": self.thresholds(),
+            "thresholds": self.thresholds.as_dict(),
             "not_run": sorted(self._not_run),
             "frozen": {
                 "tensors": len(self._frozen),
@@ -996,23 +984,6 @@ class TrainingHealthCallback(VizCallback):
         step they trained at."""
         start = self._frozen_at_start or set()
         return {n: s for n, s in self._trains_since.items() if n in start}
-
-    def thresholds(self) -> dict[str, float]:
-        names = (
-            "dead_threshold",
-            "saturation_threshold",
-            "saturation_level",
-            "vanishing_ratio",
-            "exploding_norm",
-            "exploding_growth",
-            "tiny_update_ratio",
-            "large_update_ratio",
-            "spike_factor",
-            "spike_window",
-            "plateau_patience",
-            "plateau_tolerance",
-        )
-        return {n: getattr(self, n) for n in names}
 
     def _draw(self, trainer: Trainer) -> None:
         step = trainer.global_step
@@ -1058,7 +1029,7 @@ class TrainingHealthCallback(VizCallback):
             "frozen": dict(self._frozen),
             "started_later": self.started_later(),
             "gradscaler_skipped_steps": self._skipped,
-            "thresholds": self.thresholds(),
+            "thresholds": self.thresholds.as_dict(),
         }
         self.emit_text(trainer, f"viz/{self.viz_name}/summary", self.summary_text(), step, "health_summary")
         self.emit_data(trainer, "health_summary", payload)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,71 @@ FUNCTIONAL = {
     "SigmoidBackward0": ("sigmoid", (0.0, 1.0)),
     "HardsigmoidBackward0": ("hardsigmoid", (0.0, 1.0)),
 }
+
+
+@dataclass
+class Thresholds:
+    """When TrainingHealthCallback's checks flag a layer. In YAML, give only those you change:
+    ``thresholds: {dead_threshold: 0.8, exploding_norm: 100}``; the others keep their defaults.
+
+    Args:
+        dead_threshold: a layer's units are dead when this fraction of the values it passes on after its
+            non-linearity, over the whole batch, is exactly zero (a healthy ReLU has about half).
+        saturation_threshold: a tanh/sigmoid layer is saturated when this fraction of its outputs lies near
+            its bounds.
+        saturation_level: "near the bounds" for the hooked layers: ``|a - centre| >= level * half range``
+            (records of an ActivationMapCallback use its own ``saturation_threshold``).
+        vanishing_ratio: gradients vanish when a weight's gradient norm is below this times the deepest
+            weight's (weights are parameters with ``ndim >= 2``, in registration order).
+        exploding_norm: gradients explode when any parameter's gradient norm exceeds this.
+        exploding_growth: gradients also explode when the total gradient norm exceeds this times the first
+            one examined.
+        tiny_update_ratio: updates are negligible when ``||W_after - W_before|| / ||W_before||`` of one
+            optimizer step is below this (about 1e-3 is healthy).
+        large_update_ratio: updates are too large when that ratio exceeds this.
+        spike_factor: a loss spike is a step loss above this times the median of the previous
+            ``spike_window`` step losses (judged once 3 earlier losses exist).
+        spike_window: step losses in the running median.
+        plateau_patience: a plateau is when the epoch-mean loss improved by less than
+            ``plateau_tolerance`` (relative) over this many epochs.
+        plateau_tolerance: smallest relative improvement over ``plateau_patience`` epochs.
+    """
+
+    dead_threshold: float = 0.9
+    saturation_threshold: float = 0.5
+    saturation_level: float = 0.99
+    vanishing_ratio: float = 1e-3
+    exploding_norm: float = 1e3
+    exploding_growth: float = 1e3
+    tiny_update_ratio: float = 1e-6
+    large_update_ratio: float = 0.5
+    spike_factor: float = 5.0
+    spike_window: int = 20
+    plateau_patience: int = 3
+    plateau_tolerance: float = 1e-3
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the field (``thresholds.<field>``), the value and what is allowed."""
+        for f in fields(self):
+            value, name = getattr(self, f.name), f"thresholds.{f.name}"
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if f.name in ("spike_window", "plateau_patience"):
+                if not (number and isinstance(value, int) and value >= 1):
+                    raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}")
+            elif f.name == "plateau_tolerance":
+                if not number:
+                    raise ValueError(f"`{name}` must be a number; got {value!r}")
+            elif f.name in ("dead_threshold", "saturation_threshold", "saturation_level"):
+                if not (number and 0 < value <= 1):
+                    raise ValueError(f"`{name}` must be in (0, 1.0]; got {value!r}")
+            elif not (number and value > 0):
+                raise ValueError(f"`{name}` must be a number > 0; got {value!r}")
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            k: float(v) if not isinstance(v, int) or isinstance(v, bool) else v
+            for k, v in asdict(self).items()
+        }
 
 
 def functional_activation(ops: Sequence[str]) -> tuple[str, tuple[float, float] | None] | None:

@@ -193,6 +193,42 @@ def test_unknown_callback_key_in_yaml_fails_naming_it(capsys, base_config, tmp_p
     assert "binz" in err and "WeightHistogramCallback" in err
 
 
+def test_mistyped_threshold_in_yaml_gets_a_did_you_mean(capsys, base_config, tmp_path):
+    bad = write_yaml(
+        tmp_path / "bad.yaml",
+        """
+        trainer:
+          callbacks:
+            - class_path: lightning_viz.TrainingHealthCallback
+              init_args:
+                thresholds: {exploding_nrom: 100}
+        """,
+    )
+    code, _, err = run_cli(capsys, ["fit", "--config", str(base_config), "--config", str(bad)])
+    assert code != 0
+    assert "did you mean `exploding_norm` (an argument of lightning_viz.core.health_checks.Thresholds)" in err
+
+
+def test_partial_thresholds_in_yaml_keep_the_other_defaults(capsys, base_config, tmp_path):
+    part = write_yaml(
+        tmp_path / "part.yaml",
+        """
+        trainer:
+          callbacks:
+            - class_path: lightning_viz.TrainingHealthCallback
+              init_args:
+                thresholds: {exploding_norm: 100}
+        """,
+    )
+    config = print_config(capsys, "--config", str(base_config), "--config", str(part))
+    (health,) = [
+        cb for cb in config["trainer"]["callbacks"] if cb["class_path"].endswith("TrainingHealthCallback")
+    ]
+    thresholds = health["init_args"]["thresholds"]
+    assert thresholds["exploding_norm"] == 100 and thresholds["dead_threshold"] == 0.9
+    assert len(thresholds) == 12
+
+
 def test_callback_argument_rejected_by_callback_names_it(capsys, base_config):
     # Typed right but invalid (bins < 2): the callback's own validation, before training starts.
     with pytest.raises(ValueError, match="bins"):

@@ -17,6 +17,7 @@ from lightning_viz.callbacks.training_health import (
     plateau_improvement,
     update_ratio,
 )
+from lightning_viz.core.health_checks import Thresholds
 from lightning_viz.render import close_figure
 from lightning_viz.render.health import BAD_COLOUR, OK_COLOUR, render_health
 
@@ -99,16 +100,39 @@ def test_first_nonfinite_in_layer_order():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"dead_threshold": 1.5}, "dead_threshold"),
-        ({"tiny_update_ratio": 0}, "tiny_update_ratio"),
+        (
+            {"thresholds": {"dead_threshold": 1.5}},
+            r"`thresholds.dead_threshold` must be in \(0, 1.0\]; got 1.5",
+        ),
+        (
+            {"thresholds": {"tiny_update_ratio": 0}},
+            r"`thresholds.tiny_update_ratio` must be a number > 0; got 0",
+        ),
+        ({"thresholds": {"spike_window": 0}}, r"`thresholds.spike_window` must be an integer >= 1; got 0"),
+        (
+            {"thresholds": {"spike_windw": 5}},
+            r"`thresholds` has no \['spike_windw'\]; valid: \['dead_threshold'",
+        ),
+        (
+            {"thresholds": Thresholds(plateau_tolerance="x")},
+            "`thresholds.plateau_tolerance` must be a number",
+        ),
         ({"checks": ["dead"]}, "checks"),
         ({"every_n_steps": 0}, "every_n_steps"),
-        ({"spike_window": 0}, "spike_window"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as err:
         TrainingHealthCallback(**kwargs)
+    assert str(err.value).startswith("TrainingHealthCallback: ")  # one line that names the callback
+
+
+def test_thresholds_are_one_typed_group_partial_mappings_keep_the_defaults():
+    cb = TrainingHealthCallback(thresholds={"exploding_norm": 100, "plateau_patience": 5})
+    assert cb.thresholds == Thresholds(exploding_norm=100, plateau_patience=5)
+    assert cb.thresholds.dead_threshold == Thresholds().dead_threshold == 0.9
+    assert TrainingHealthCallback(thresholds=Thresholds(spike_factor=3.0)).thresholds.spike_factor == 3.0
+    assert TrainingHealthCallback().thresholds == Thresholds()
 
 
 def test_render_marks_flagged_layers_in_red():
@@ -121,7 +145,7 @@ def test_render_marks_flagged_layers_in_red():
         "loss_values": [2.3, 2.2, math.nan],
         "findings": [{"check": "dead_units", "pathology": "dead units", "layer": "act1", "step": 0}],
         "flagged": {"vanishing_gradients": ["conv1.weight"], "dead_units": ["act1"]},
-        "thresholds": TrainingHealthCallback().thresholds(),
+        "thresholds": TrainingHealthCallback().thresholds.as_dict(),
     }
     fig = render_health(data)
     try:
