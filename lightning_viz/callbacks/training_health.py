@@ -242,14 +242,17 @@ class TrainingHealthCallback(VizCallback):
     # ------------------------------------------------------------------ setup
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # what the other callbacks publish, as they declare it (VizCallback.records)
-        declared = set().union(
-            *(cb.records() for cb in trainer.callbacks if isinstance(cb, VizCallback) and cb is not self)  # type: ignore[attr-defined]
-        )
+        others = [cb for cb in trainer.callbacks if isinstance(cb, VizCallback) and cb is not self]  # type: ignore[attr-defined]
+        declared = set().union(*(cb.records() for cb in others))
         self._manual = not pl_module.automatic_optimization
         # registration order = depth; ndim >= 2 marks a weight (published records are checked before the
         # first own examination)
         self._ndim = {sharding.clean_name(n): p.ndim for n, p in pl_module.named_parameters()}
-        self._own_histograms = "histograms" not in declared
+        # another callback's histogram records serve only when they come on every step examined here (a
+        # WeightHistogramCallback every 50 steps would leave the gradient norms of the steps between stale)
+        self._own_histograms = not any(
+            "histograms" in cb.records() and cb.schedule.covers(self.schedule, trainer) for cb in others
+        )
         self._watch = {
             sharding.clean_name(n): m
             for n, m in pl_module.named_modules()

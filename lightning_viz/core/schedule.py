@@ -76,6 +76,11 @@ class Schedule:
             return max(1, int(trainer.log_every_n_steps or 1))
         return self.every_n_steps  # type: ignore[return-value]
 
+    def covers(self, other: Schedule, trainer: Trainer) -> bool:
+        """Whether every step ``other`` makes due by ``every_n_steps`` is due here too (the same counter)."""
+        mine, theirs = self.steps(trainer), other.steps(trainer)
+        return theirs is None or (mine is not None and theirs % mine == 0)
+
     # ------------------------------------------------------------------ counting (VizCallback's hooks)
     def start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """At ``on_train_start``, after a checkpoint (callback state, then ``global_step``) is restored."""

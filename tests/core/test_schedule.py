@@ -202,3 +202,36 @@ def _saved(state: dict[str, Any]):
     torch.save(state, buf)
     buf.seek(0)
     return buf
+
+
+@pytest.mark.parametrize(
+    ("histogram_every", "uses_records", "latest"), [(50, False, 6), (2, True, 6), (1, True, 7)]
+)
+def test_health_checks_reuse_histogram_records_only_when_they_come_on_every_examined_step(
+    tmp_path, histogram_every, uses_records, latest
+):
+    """TrainingHealthCallback examines steps 0, 2, 4, 6: a WeightHistogramCallback every 50 steps publishes
+    step 0 only, so the health callback computes its own gradient norms (they would be stale otherwise)."""
+    health = TrainingHealthCallback(every_n_steps=2)
+    hist = WeightHistogramCallback(every_n_steps=histogram_every)
+    logger = Recorder()
+    trainer = Trainer(
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        callbacks=[hist, health],
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    trainer.fit(TinyCNN(), RandomImages(n=64, batch_size=8))
+    assert health._own_histograms is not uses_records
+    # 8 steps: the gradient norms the health figure shows are the latest: of step 6 (examined), or of
+    # step 7 when the records come on every step
+    assert health.figure_data()["grad_step"] == latest
+    if not uses_records:  # its own gradient norms go to the loggers on every examined step
+        assert logged("health/grad_norm/")(health, logger) == [0, 2, 4, 6]
