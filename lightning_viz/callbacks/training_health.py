@@ -216,6 +216,7 @@ class TrainingHealthCallback(VizCallback):
         self._upd: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # closed steps' sums of squares
         self._pending: list[tuple[int, torch.Tensor | None]] = []  # (step, loss or None) not yet examined
         self._batch: Any = None  # the batch at hand (a reference, for the NaN locator)
+        self._batch_step = 0  # trainer.global_step when it started
         self._stepped = False  # an optimizer step happened in this batch
         self._origin: dict[str, Any] | None = None
         self._origin_tried: set[int] = set()
@@ -281,7 +282,9 @@ class TrainingHealthCallback(VizCallback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._batch, self._stepped = batch, False
+        # the step this batch belongs to (the optimizer steps before it: under gradient accumulation the
+        # batches of one window share it)
+        self._batch, self._stepped, self._batch_step = batch, False, trainer.global_step
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def capture_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int) -> None:
@@ -479,7 +482,7 @@ class TrainingHealthCallback(VizCallback):
         if not {"loss_spike", "loss_plateau", "nonfinite"} & set(self.checks):
             return
         value = self._loss_tensor(trainer)
-        self._pending.append((trainer.global_step - 1, None if value is None else value.to(torch.float64)))
+        self._pending.append((self._batch_step, None if value is None else value.to(torch.float64)))
 
     def _check_loss(self, trainer: Trainer, pl_module: LightningModule, examined: bool) -> None:
         """Before the optimizer step: a non-finite loss sends the NaN locator over the batch at hand.

@@ -235,3 +235,24 @@ def test_health_checks_reuse_histogram_records_only_when_they_come_on_every_exam
     assert health.figure_data()["grad_step"] == latest
     if not uses_records:  # its own gradient norms go to the loggers on every examined step
         assert logged("health/grad_norm/")(health, logger) == [0, 2, 4, 6]
+
+
+def test_health_losses_are_labelled_with_the_step_their_batch_belongs_to(tmp_path):
+    """Under gradient accumulation the two batches of a step carry its label (0, 0, 1, 1, ...), never -1."""
+    health = TrainingHealthCallback(every_n_steps=1)
+    trainer = Trainer(
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        callbacks=[health],
+        logger=Recorder(),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        accumulate_grad_batches=2,
+    )
+    trainer.fit(TinyCNN(), RandomImages(n=64, batch_size=8))  # 8 batches, 4 optimizer steps
+    assert health.figure_data()["loss_steps"] == [0, 0, 1, 1, 2, 2, 3, 3]
