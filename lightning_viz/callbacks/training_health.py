@@ -45,31 +45,26 @@ from torch import nn
 from lightning_viz.core import distributed, lightning_state, precision, sharding, stats
 from lightning_viz.core.activation_stats import (
     NSUMS,
-    first_tensor,
-    output_sums,
-    saturation_bounds,
-    stat_view,
     stats_from_sums,
 )
 from lightning_viz.core.base import VizCallback, WhenFull, step_stem
 from lightning_viz.core.figures import FigureSpec
+from lightning_viz.core.forward_sums import CLAIMED, FLAGS, ForwardSums
 from lightning_viz.core.health_checks import (
-    NORMALISERS,
     Thresholds,
     activation_flags,
     depth_ratios,
     first_nonfinite,
-    functional_activation,
     loss_spikes,
     plateau_improvement,
     record_entries,
     summary_text,
     update_ratio,
 )
-from lightning_viz.core.hooks import ACTIVATION_TYPES, Passed, PassedTracker, is_activation
+from lightning_viz.core.hooks import ACTIVATION_TYPES, is_activation
 from lightning_viz.core.model_input import model_input
 from lightning_viz.core.schedule import EveryNSteps, Schedule
-from lightning_viz.core.tensor_origin import Origin, locate_nonfinite, ops_between
+from lightning_viz.core.tensor_origin import Origin, locate_nonfinite
 from lightning_viz.core.warn import VizWarning
 from lightning_viz.render.health import render_health
 
@@ -87,8 +82,6 @@ CHECKS: tuple[str, ...] = Check.__args__  # type: ignore[attr-defined]
 MIN_SPIKE_HISTORY = 3
 MAX_LOSS_POINTS = 4000  # step losses kept for the figure (older ones thinned)
 ACTIVATION_NAMES = frozenset(t.__name__ for t in ACTIVATION_TYPES)
-CLAIMED = "\0claimed"  # an activation module measured as its weight layer's passed-on tensor
-FLAGS = 3  # per hooked layer: taken after a non-linearity, bounds known, functional op unknown
 PATHOLOGY = {
     "dead_units": "dead units",
     "saturation": "saturated units",
@@ -203,13 +196,8 @@ class TrainingHealthCallback(VizCallback):
         self._watch: dict[str, nn.Module] = {}
         self._own_histograms = True
         self._manual = False
-        self._tracker: PassedTracker | None = None
         self._hooked = False  # hooks were armed for the examination in progress (the same on every rank)
-        self._acc: dict[str, torch.Tensor] = {}
-        self._meta: dict[str, str] = {}  # layer -> the tensor measured, in words
-        self._claim: tuple[str, int] | None = None
-        self._act_of: dict[str, str] = {}  # activation module -> the weight layer whose output it takes
-        self._fn_of: dict[str, str] = {}  # weight layer -> the functional activation after it
+        self._sums = ForwardSums({}, self.thresholds.saturation_level)  # its watch is set at fit start
         self._step: int | None = None  # the examination in progress (its label)
         self._grads_done = False
         self._before: list[tuple[str, torch.Tensor, torch.Tensor, bool]] = []  # copies of an open step
@@ -259,6 +247,7 @@ class TrainingHealthCallback(VizCallback):
             for n, m in pl_module.named_modules()
             if n and (_weight_layer(m) or is_activation(m))
         }
+        self._sums = ForwardSums(self._watch, self.thresholds.saturation_level)
         has_map = "activation_stats" in declared
         if not (self.activation_hooks and self._watch) and not has_map:
             why = (
@@ -290,80 +279,19 @@ class TrainingHealthCallback(VizCallback):
     def capture_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int) -> None:
         if self._step is not None:  # an examination still open
             return
-        self._step, self._acc, self._meta, self._grads_done = step, {}, {}, False
+        self._step, self._grads_done = step, False
+        self._sums.take()  # nothing measured before this step counts
         # the same on every rank, so that every rank reduces the same rows
         if (
             self.activation_hooks
             and self._watch
             and {"dead_units", "saturation", "nonfinite"} & set(self.checks)
         ):
-            # grad_only: the training forward only, never a no_grad pass run meanwhile (another callback's
-            # capture, the NaN locator, validation after a step that returned no loss)
-            tracker = PassedTracker(pl_module, self._watch, self._on_passed, grad_only=True)
-            self._hooked, self._tracker = True, tracker
-            self._tracker.attach()
-
-    def _on_passed(self, name: str, module: nn.Module, output: Any, passed: Passed) -> None:
-        """One call of a watched layer: reduce the tensor it passes on to sums (on its device)."""
-        t, bounds, flags = passed.tensor, None, [0.0, 0.0, 0.0]
-        if not is_activation(module) and passed.source == "activation":
-            kind, by = type(passed.module).__name__, passed.module_name
-            if by in self._watch:  # an activation module
-                self._claim, self._act_of[by] = (by, id(t)), name
-                desc = f"output of {by}, {kind}"
-            else:  # a functional one (F.relu in forward): the tracker names the function
-                self._fn_of[name], desc = by, f"after {by}"
-            bounds = saturation_bounds(passed.module)
-            flags[0] = float(kind not in NORMALISERS)
-        elif is_activation(module):
-            if self._claim == (name, id(t)):  # measured already, as the weight layer's passed-on tensor
-                self._meta.setdefault(name, CLAIMED)
-                return
-            desc, bounds = type(module).__name__, saturation_bounds(module)
-            flags[0] = float(type(module).__name__ not in NORMALISERS)
-        elif passed.source == "next_input":
-            out = first_tensor(output)
-            try:
-                ops = (
-                    ops_between(t, out)
-                    if isinstance(t, torch.Tensor) and isinstance(out, torch.Tensor)
-                    else None
-                )
-            except LookupError:  # no autograd graph to tell: trust the tracker
-                ops = []
-                flags[2] = 1.0
-            fn = functional_activation(ops) if ops is not None else None
-            if not ops and not flags[2]:  # not computed from this layer's output, or that very tensor
-                t, desc = out, "output"
-            elif fn is not None:
-                desc, bounds = f"after F.{fn[0]}", fn[1]
-                self._fn_of[name] = f"F.{fn[0]}"
-                flags[0] = 1.0
-            else:
-                desc = f"input of {passed.module_name}, {type(passed.module).__name__}"
-                flags[0] = 1.0
-        else:  # its own output: nothing after it ran (the model's output), no non-linearity known
-            desc = "output"
-        if not isinstance(t, torch.Tensor) or not t.numel():
-            return
-        flags[1] = float(bounds is not None)
-        vec = output_sums(stat_view(t), bounds, self.thresholds.saturation_level)
-        vec = torch.cat([vec, torch.tensor(flags, dtype=vec.dtype, device=vec.device)])
-        if name in self._acc:
-            vec[:NSUMS] += self._acc[name][:NSUMS]
-            vec[NSUMS:] = torch.maximum(vec[NSUMS:], self._acc[name][NSUMS:])
-        self._acc[name] = vec
-        self._meta.setdefault(name, desc)
+            self._hooked = True
+            self._sums.start(pl_module)
 
     def _stop_hooks(self, finish: bool = True) -> None:
-        tracker, self._tracker = self._tracker, None
-        if tracker is not None:
-            try:
-                if finish:
-                    tracker.finish()
-            finally:
-                tracker.detach()
-        self._claim = None
+        self._sums.stop(finish)
 
     def _trained(
         self, trainer: Trainer, pl_module: LightningModule, index: int | None, step: int
@@ -575,7 +503,7 @@ class TrainingHealthCallback(VizCallback):
         step, upd, pending = self._step, self._upd, self._pending
         if step is None and not pending:
             return
-        acc, meta, self._acc = self._acc, self._meta, {}
+        acc, meta = self._sums.take()
         names = list(self._watch) if self._hooked and step is not None else []
         self._step, self._upd, self._pending, self._hooked = None, [], [], False
         act = torch.zeros(len(names), NSUMS + FLAGS, dtype=torch.float64)
@@ -666,7 +594,9 @@ class TrainingHealthCallback(VizCallback):
 
     def _record_entries(self, payload: Mapping[str, Any], step: int) -> list[dict[str, Any]]:
         """Activation entries from an ActivationMapCallback record; notes the layers that did not run."""
-        entries, not_run, unknown = record_entries(payload, ACTIVATION_NAMES, self._act_of, self._fn_of)
+        entries, not_run, unknown = record_entries(
+            payload, ACTIVATION_NAMES, self._sums.act_of, self._sums.fn_of
+        )
         for name in not_run:
             self._not_run.setdefault(name, step)
         if unknown and "saturation" in self.checks and not self.notes.get("saturation"):

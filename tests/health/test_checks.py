@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from lightning_viz.callbacks.training_health import (
-    TrainingHealthCallback,
+from lightning_viz.callbacks.training_health import TrainingHealthCallback
+from lightning_viz.core.health_checks import (
+    Thresholds,
     activation_flags,
     depth_ratios,
     first_nonfinite,
@@ -17,7 +18,6 @@ from lightning_viz.callbacks.training_health import (
     plateau_improvement,
     update_ratio,
 )
-from lightning_viz.core.health_checks import Thresholds
 from lightning_viz.render import close_figure
 from lightning_viz.render.health import BAD_COLOUR, OK_COLOUR, render_health
 

@@ -114,7 +114,7 @@ def test_reuses_published_records_instead_of_capturing_again(tmp_path):
     hist = WeightHistogramCallback(every_n_steps=2)
     acts = ActivationMapCallback(every_n_epochs=1, layers=["features.act*"])  # records at the epoch end
     health, messages = fit(tmp_path, "dead_relu", [hist, acts], batches=1, activation_hooks=False)
-    assert health._own_histograms is False and health._tracker is None and not health._hooked
+    assert health._own_histograms is False and health._sums._tracker is None and not health._hooked
     assert any(m.startswith(f"{PREFIX}negligible updates: features.conv1.weight") for m in messages), messages
     # without the own hooks, nothing maps the activation module to its weight layer: it is named itself
     assert any(m.startswith(f"{PREFIX}dead units: features.act1 (ReLU) at step") for m in messages), messages
