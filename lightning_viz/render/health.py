@@ -164,7 +164,14 @@ def _timeline(
     nice_ticks(ax.xaxis, 6)
     nice_ticks(ax.yaxis, 6)
     if ok.any():
-        ax.plot(s[ok], v[ok], color=OK_COLOUR, linewidth=1.0, label="loss")
+        at, first = np.unique(s[ok], return_inverse=True)
+        if len(at) < ok.sum():  # several batches a step (gradient accumulation): each, and the step's mean
+            mean = np.bincount(first, weights=v[ok]) / np.bincount(first)
+            ax.plot(s[ok], v[ok], ".", color=OK_COLOUR, markersize=2.5, alpha=0.5, label="loss of a batch")
+            ax.plot(at, mean, color=OK_COLOUR, linewidth=1.0, label="mean over the step's batches")
+            ax.legend(fontsize=7, loc="upper right")
+        else:
+            ax.plot(s[ok], v[ok], color=OK_COLOUR, linewidth=1.0, label="loss")
         lo, hi = float(v[ok].min()), float(v[ok].max())
         if lo > 0 and hi > 100 * lo:  # log scale only when the loss spans orders of magnitude
             ax.set_yscale("log")

@@ -163,6 +163,24 @@ def test_render_marks_flagged_layers_in_red():
         close_figure(fig)
 
 
+def test_loss_of_several_batches_a_step_is_drawn_as_points_and_the_steps_mean():
+    """Under gradient accumulation two losses share a step: one line through both would zig-zag."""
+    data = {"loss_steps": [0, 0, 1, 1, 2], "loss_values": [2.0, 1.0, 0.5, 1.5, math.nan], "findings": []}
+    fig = render_health(data)
+    try:
+        lines = {line.get_label(): line for line in fig.axes[3].get_lines()}
+        mean = lines["mean over the step's batches"]
+        assert list(mean.get_xdata()) == [0, 1] and list(mean.get_ydata()) == [1.5, 1.0]
+        assert list(lines["loss of a batch"].get_ydata()) == [2.0, 1.0, 0.5, 1.5]
+    finally:
+        close_figure(fig)
+    fig = render_health({**data, "loss_steps": [0, 1, 2, 3, 4]})  # one loss a step: the line itself
+    try:
+        assert [line.get_label() for line in fig.axes[3].get_lines()] == ["loss"]
+    finally:
+        close_figure(fig)
+
+
 def test_state_round_trip_keeps_findings_and_their_once_only_keys():
     cb = TrainingHealthCallback()
     cb.findings = [{"check": "nonfinite", "layer": "fc.weight", "step": 3, "message": "m"}]
