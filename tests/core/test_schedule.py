@@ -52,6 +52,23 @@ class Recorder(Logger):
         pass
 
 
+def short_trainer(tmp_path, callbacks: list, logger: Logger | None = None, **kwargs: Any) -> Trainer:
+    """One CPU epoch, no checkpoint, progress bar or sanity check; ``kwargs`` override the Trainer's."""
+    return Trainer(
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        callbacks=callbacks,
+        logger=logger if logger is not None else Recorder(),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **{"log_every_n_steps": 1, **kwargs},
+    )
+
+
 def logged(prefix: str):
     def read(cb, logger: Recorder) -> list[int]:
         return sorted({s for k, steps in logger.steps.items() if k.startswith(prefix) for s in steps})
@@ -139,19 +156,7 @@ def test_every_callback_captures_the_same_steps(tmp_path, name, setup, every, tr
     else:
         cb = make(every)
     logger = Recorder()
-    trainer = Trainer(
-        default_root_dir=str(tmp_path),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        callbacks=[cb],
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **{"log_every_n_steps": 1, **trainer_args},
-    )
+    trainer = short_trainer(tmp_path, [cb], logger, **trainer_args)
     trainer.fit(case["model"](), case["data"]())
     assert read(cb, logger) == expected[name], f"{name} under {setup}, every_n_steps={every!r}"
 
@@ -215,19 +220,7 @@ def test_health_checks_reuse_histogram_records_only_when_they_come_on_every_exam
     health = TrainingHealthCallback(every_n_steps=2)
     hist = WeightHistogramCallback(every_n_steps=histogram_every)
     logger = Recorder()
-    trainer = Trainer(
-        default_root_dir=str(tmp_path),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        callbacks=[hist, health],
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
+    trainer = short_trainer(tmp_path, [hist, health], logger)
     trainer.fit(TinyCNN(), RandomImages(n=64, batch_size=8))
     assert health._own_histograms is not uses_records
     # 8 steps: the gradient norms the health figure shows are the latest: of step 6 (examined), or of
@@ -240,19 +233,6 @@ def test_health_checks_reuse_histogram_records_only_when_they_come_on_every_exam
 def test_health_losses_are_labelled_with_the_step_their_batch_belongs_to(tmp_path):
     """Under gradient accumulation the two batches of a step carry its label (0, 0, 1, 1, ...), never -1."""
     health = TrainingHealthCallback(every_n_steps=1)
-    trainer = Trainer(
-        default_root_dir=str(tmp_path),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        callbacks=[health],
-        logger=Recorder(),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        accumulate_grad_batches=2,
-    )
+    trainer = short_trainer(tmp_path, [health], Recorder(), accumulate_grad_batches=2)
     trainer.fit(TinyCNN(), RandomImages(n=64, batch_size=8))  # 8 batches, 4 optimizer steps
     assert health.figure_data()["loss_steps"] == [0, 0, 1, 1, 2, 2, 3, 3]
