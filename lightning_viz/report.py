@@ -36,7 +36,7 @@ import numpy as np
 
 from lightning_viz.core import figures
 from lightning_viz.core.figures import FRAME
-from lightning_viz.core.writer import atomic_write_bytes
+from lightning_viz.core.files import atomic_write_bytes
 from lightning_viz.report_summary import RUN_RECORD, metric_modules, read_json, summary_html, words
 
 REPORT_NAME = "report.html"

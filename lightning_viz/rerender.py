@@ -52,7 +52,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lightning_viz.core import figures
-from lightning_viz.core.writer import atomic_write_bytes
+from lightning_viz.core.files import atomic_write_bytes
 from lightning_viz.render._figure import close_figure, png_bytes, to_rgba
 
 Loaded = tuple[Callable[[Any], Figure], Any, str]  # (render function, its data, PNG stem)

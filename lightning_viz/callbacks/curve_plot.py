@@ -16,45 +16,31 @@ with ``epoch <= e``).
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
-from collections import Counter
-from difflib import get_close_matches
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import Metric
 
 from lightning_viz.core import lightning_state
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice
 from lightning_viz.core.figures import FigureSpec
+from lightning_viz.core.metric_directions import (
+    Mode,
+    best_direction,
+    direction_of,
+    metric_attributes,
+    monitor_modes,
+)
+from lightning_viz.core.metric_names import assemble_panels, lr_names, unmatched_patterns
 from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.curves import render_curves
 
-Mode = Literal["min", "max"]
 DEFAULT_PANELS: dict[str, list[str]] = {"loss": ["*loss*"], "accuracy": ["*acc*"], "learning rate": ["lr*"]}
 Value = float | torch.Tensor
-_STAGE_PREFIX = re.compile(r"^(train|training|val|valid|validation|test)[_/.-]", re.IGNORECASE)
-
-
-def _matches(name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name.lower(), p.lower()) for p in patterns)
-
-
-def _quantity(name: str) -> str:
-    """What a metric measures, for the panel of a metric no pattern claims: ``val_mae``,
-    ``train_mae_step`` and ``test_mae/dataloader_idx_1`` are all ``mae``."""
-    q = re.sub(r"_(step|epoch)$", "", name.split("/dataloader_idx_")[0])
-    return _STAGE_PREFIX.sub("", q) or name
-
-
-def _direction(higher_is_better: Any) -> Mode | None:
-    return None if higher_is_better is None else ("max" if higher_is_better else "min")
 
 
 class CurvePlotCallback(VizCallback):
@@ -203,18 +189,8 @@ class CurvePlotCallback(VizCallback):
     def _lr_series(self, trainer: Trainer) -> list[tuple[str, dict[str, Any]]]:
         optimizers = list(trainer.optimizers)
         key = tuple(id(g) for o in optimizers for g in o.param_groups)
-        if key != self._lr_key:
-            classes = Counter(type(o).__name__ for o in optimizers)
-            seen: Counter[str] = Counter()
-            names = []
-            for opt in optimizers:
-                cls = type(opt).__name__
-                base = f"lr-{cls}" + (f"-{seen[cls]}" if classes[cls] > 1 else "")
-                seen[cls] += 1
-                for j, group in enumerate(opt.param_groups):
-                    several = len(opt.param_groups) > 1
-                    names.append(f"{base}/{group.get('name') or f'pg{j + 1}'}" if several else base)
-            self._lr_key, self._lr_names = key, names
+        if key != self._lr_key:  # named again only when the param groups change
+            self._lr_key, self._lr_names = key, lr_names(optimizers)
         groups = [g for o in optimizers for g in o.param_groups]
         return list(zip(self._lr_names, groups))
 
@@ -290,63 +266,33 @@ class CurvePlotCallback(VizCallback):
             ``"mode"``, ``"torchmetrics"``, the monitoring callback's class name, ``"loss"`` (the name
             convention), ``"learning rate"`` or ``"unknown"``.
         """
-        if name in self.mode:
-            return self.mode[name], "mode"
-        for pattern, m in self.mode.items():
-            if _matches(name, [pattern]):
-                return m, "mode"
-        if name.startswith("lr-") or name in self._lr_names:
-            return None, "learning rate"
-        names = (name, self._base.get(name, name))
-        for n in names:
-            if self._better.get(n) is not None:
-                return _direction(self._better[n]), "torchmetrics"
-        for n in names:
-            if n in self._monitors:
-                return self._monitors[n]
-        if "loss" in name.lower():
-            return "min", "loss"
-        return None, "unknown"
+        return best_direction(
+            name,
+            mode=self.mode,
+            lr_names=self._lr_names,
+            base=self._base,
+            better=self._better,
+            monitors=self._monitors,
+        )
 
     def _learn_directions(self, trainer: Trainer) -> None:
         """The directions that the LightningModule's Metric attributes and the monitoring callbacks give."""
-        module = trainer.lightning_module
-        for path, sub in module.named_modules() if module is not None else ():
-            if isinstance(sub, Metric) and path:
-                for n in {path, path.rsplit(".", 1)[-1]}:  # e.g. `self.val_mae` logged as "val_mae"
-                    self._better.setdefault(n, getattr(sub, "higher_is_better", None))
-        self._monitors = {}
-        for cb in trainer.callbacks:  # type: ignore[attr-defined]
-            monitor, mode = getattr(cb, "monitor", None), getattr(cb, "mode", None)
-            if isinstance(cb, (ModelCheckpoint, EarlyStopping)) and monitor and mode in ("min", "max"):
-                self._monitors.setdefault(str(monitor), (mode, type(cb).__name__))
-                better = self._better.get(str(monitor))
-                if better is not None and _direction(better) != mode:
-                    warn_once(
-                        (type(self).__name__, "monitor-mode", str(monitor)),
-                        f"{type(self).__name__}: {type(cb).__name__}(monitor={monitor!r}, mode={mode!r}) "
-                        f"keeps the {'lowest' if mode == 'min' else 'highest'} {monitor}, but its torchmetrics "
-                        f"metric says {'higher' if better else 'lower'} is better: set mode="
-                        f"{_direction(better)!r} on that {type(cb).__name__}. The curves mark the "
-                        f"{'highest' if better else 'lowest'} value as best.",
-                    )
+        for n, better in metric_attributes(trainer.lightning_module).items():
+            self._better.setdefault(n, better)  # a Metric logged as an object has already said
+        self._monitors, wrong = monitor_modes(trainer.callbacks, self._better)  # type: ignore[attr-defined]
+        for monitor, mode, owner, better in wrong:  # a monitor keeping the worse end
+            warn_once(
+                (type(self).__name__, "monitor-mode", monitor),
+                f"{type(self).__name__}: {owner}(monitor={monitor!r}, mode={mode!r}) keeps the "
+                f"{'lowest' if mode == 'min' else 'highest'} {monitor}, but its torchmetrics metric says "
+                f"{'higher' if better else 'lower'} is better: set mode={direction_of(better)!r} on that "
+                f"{owner}. The curves mark the {'highest' if better else 'lowest'} value as best.",
+            )
 
     def plot_data(self) -> dict[str, Any]:
         """The history as :func:`~lightning_viz.render.curves.render_curves` takes it (fresh copies)."""
         self._flush()
         names = sorted(self.history)
-        panels = [
-            {"title": t, "series": [n for n in names if _matches(n, p)]} for t, p in self.panels.items()
-        ]
-        if self.include_other:  # one panel per quantity of what no pattern claimed
-            claimed = {n for p in panels for n in p["series"]}
-            titles = {p["title"] for p in panels}
-            others: dict[str, list[str]] = {}
-            for n in names:
-                if n not in claimed:
-                    others.setdefault(_quantity(n), []).append(n)
-            for q, series in others.items():
-                panels.append({"title": f"{q} (other)" if q in titles else q, "series": series})
         series = {}
         for name in names:
             points = sorted(self.history[name], key=lambda p: (p[0], p[1]))
@@ -363,7 +309,7 @@ class CurvePlotCallback(VizCallback):
             "x_axis": self.x_axis,
             "smoothing": self.smoothing,
             "mark_best": self.mark_best,
-            "panels": [p for p in panels if p["series"]],
+            "panels": assemble_panels(names, self.panels, self.include_other),
             "series": series,
         }
 
@@ -399,22 +345,9 @@ class CurvePlotCallback(VizCallback):
             return
         self._panels_checked = True
         names = sorted(self.history)
-        unmatched = [
-            f"{title}: {p!r}"
-            for title, patterns in self.panels.items()
-            for p in patterns
-            if not any(_matches(n, [p]) for n in names)
-            and not (p.lower().startswith("lr") and not self.log_lr)
-        ]
+        unmatched, closest = unmatched_patterns(names, self.panels, self.log_lr)
         if not unmatched or not names:
             return
-        closest = sorted(
-            {
-                c
-                for u in unmatched
-                for c in get_close_matches(u.split(": ", 1)[1].strip("'*"), names, n=3, cutoff=0.3)
-            }
-        )
         warn_once(
             (type(self).__name__, "panels"),
             f"{type(self).__name__}: after the first epoch, these `panels` patterns match no logged metric: "

@@ -21,6 +21,7 @@ from torchmetrics import Metric, MetricCollection
 
 from lightning_viz.core import distributed, writer
 from lightning_viz.core.base import VizCallback, WhenFull, check_int
+from lightning_viz.core.files import atomic_write_json
 from lightning_viz.core.warn import warn_once
 from lightning_viz.report import REPORT_NAME, RUN_RECORD, build_report
 
@@ -155,9 +156,9 @@ class ReportCallback(VizCallback):
             return
         record, path = self.run_record(trainer, status, **kw), self.viz_dir / RUN_RECORD
         if background:
-            self._submit(RUN_RECORD, lambda: writer.atomic_write_json(path, record))
+            self._submit(RUN_RECORD, lambda: atomic_write_json(path, record))
         else:
-            writer.atomic_write_json(path, record)
+            atomic_write_json(path, record)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

@@ -13,7 +13,10 @@ from torch import nn
 from lightning_viz.core import precision, sharding, stats
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
 from lightning_viz.core.figures import FigureSpec
+from lightning_viz.core.histogram_history import HistogramSeries, evolution_params, record_histograms
 from lightning_viz.core.hooks import match_modules
+from lightning_viz.core.optimizers import optimizer_owners
+from lightning_viz.core.records import Reduced, Tensors
 from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.histograms import render_evolution
@@ -21,83 +24,10 @@ from lightning_viz.render.histograms import render_evolution
 LogWhat = Literal["weights", "gradients", "both"]
 SELECTIONS = {"weights": ("weights",), "gradients": ("gradients",), "both": ("weights", "gradients")}
 STATE_VERSION = 1
-_LISTS = ("steps", "index", "k", "w", "counts", "nonfinite")
 
 
 def _owns_parameters(_name: str, module: nn.Module) -> bool:
     return next(module.parameters(recurse=False), None) is not None
-
-
-class _Series:
-    """One parameter's thinned history, in arrays allocated (and touched) once for ``max_history + 1``
-    snapshots and written in place: recording a capture allocates nothing that lives on, and the memory a
-    full history needs is taken at the first capture instead of creeping up while the history fills."""
-
-    def __init__(self, capacity: int, bins: int) -> None:
-        self.n = 0  # snapshots kept
-        self.seen = 0  # captures ever appended (the thinning grid counts these)
-        self.stride = 1
-        self.steps = np.full(capacity, 0, dtype=np.int64)
-        self.index = np.full(capacity, 0, dtype=np.int64)
-        self.k = np.full(capacity, 0, dtype=np.int64)
-        self.w = np.full(capacity, 0.0, dtype=np.float64)
-        self.counts = np.full((capacity, bins), 0, dtype=np.int64)
-        self.nonfinite = np.full(capacity, 0, dtype=np.int64)
-
-    @property
-    def capacity(self) -> int:
-        return len(self.steps)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The kept snapshots (views), by field."""
-        return {key: getattr(self, key)[: self.n] for key in _LISTS}
-
-    def append(
-        self, step: int, k: int, w: float, counts: np.ndarray, nonfinite: int, max_history: int
-    ) -> None:
-        """Add a snapshot and thin evenly: keep snapshots whose capture index is a multiple of a stride
-        that doubles whenever more than ``max_history`` are kept, plus always the first and the latest."""
-        while self.n and self.steps[self.n - 1] >= step:  # a resumed run went back in time
-            self.n -= 1
-        if self.n and self.index[self.n - 1] % self.stride:  # the previous "latest" was off the grid
-            self.n -= 1
-        j = self.n
-        self.steps[j], self.index[j], self.k[j], self.w[j] = step, self.seen, k, w
-        self.counts[j] = counts
-        self.nonfinite[j] = nonfinite
-        self.n += 1
-        self.seen += 1
-        self.thin(max_history)
-
-    def thin(self, max_history: int) -> None:
-        while self.n > max_history:
-            self.stride *= 2
-            keep = np.flatnonzero(self.index[: self.n] % self.stride == 0)
-            if keep.size == 0 or keep[-1] != self.n - 1:
-                keep = np.append(keep, self.n - 1)
-            for key in _LISTS:
-                arr = getattr(self, key)
-                arr[: keep.size] = arr[keep]
-            self.n = int(keep.size)
-
-    @classmethod
-    def from_arrays(
-        cls, fields: Mapping[str, np.ndarray], seen: int, stride: int, bins: int, max_history: int
-    ) -> _Series:
-        """A series from saved fields (equal lengths), thinned to ``max_history``."""
-        n = len(fields["steps"])
-        series = cls(max(n, max_history + 1), bins)
-        for key in _LISTS:
-            getattr(series, key)[:n] = fields[key]
-        series.n, series.seen, series.stride = n, seen, stride
-        series.thin(max_history)
-        if series.capacity > max_history + 1:  # a longer saved history: back to the usual size
-            small = cls(max_history + 1, bins)
-            for key in _LISTS:
-                getattr(small, key)[: series.n] = getattr(series, key)[: series.n]
-            small.n, small.seen, small.stride = series.n, series.seen, series.stride
-            series = small
-        return series
 
 
 class WeightHistogramCallback(VizCallback):
@@ -140,6 +70,7 @@ class WeightHistogramCallback(VizCallback):
     """
 
     viz_name = "weight_histogram"
+    captures = "histogram capture"
     section_title, report_rank = "Weights and gradients over training", 3
     figures = tuple(
         FigureSpec(
@@ -193,7 +124,7 @@ class WeightHistogramCallback(VizCallback):
         self.max_history = max_history
         self.figure_every_n_epochs = figure_every_n_epochs
         self._params: list[tuple[str, torch.Tensor]] | None = None
-        self._history: dict[str, dict[str, _Series]] = {s: {} for s in SELECTIONS[log]}
+        self._history: dict[str, dict[str, HistogramSeries]] = {s: {} for s in SELECTIONS[log]}
         self.schedule = Schedule(every_n_steps, every_n_epochs)
         self._last_step = -1
         self._version = 0  # bumps on every recorded capture; figures are redrawn only when it moved
@@ -240,15 +171,16 @@ class WeightHistogramCallback(VizCallback):
         index: int,
         *,
         by_epoch: bool,
-    ) -> None:
+    ) -> Tensors | None:
         if by_epoch:
             self._captured_epoch = trainer.current_epoch
-        self._capture(trainer, pl_module, trainer.global_step, optimizer, index)
+        return self._capture(trainer, pl_module, trainer.global_step, optimizer, index)
 
-    def capture_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def capture_epoch(self, trainer: Trainer, pl_module: LightningModule) -> Tensors | None:
         # Fallback when the epoch's last step was not recognised (unknown length, max_steps): weights only.
         if self._captured_epoch != trainer.current_epoch and trainer.global_step != self._last_step:
-            self._capture(trainer, pl_module, trainer.global_step, None, None)
+            return self._capture(trainer, pl_module, trainer.global_step, None, None)
+        return None
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -261,7 +193,7 @@ class WeightHistogramCallback(VizCallback):
     def finish(self, trainer: Trainer) -> None:
         self._draw(trainer)
 
-    # ------------------------------------------------------------------ capture -> reduce -> emit
+    # ------------------------------------------------------------------ capture -> reduce -> keep -> render
     def _split(
         self, trainer: Trainer, pl_module: LightningModule, index: int | None
     ) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
@@ -277,11 +209,7 @@ class WeightHistogramCallback(VizCallback):
         params = list(self._params or [])
         if index is None:
             return params, []
-        owners: dict[int, set[int]] = {}
-        for i, opt in enumerate(trainer.optimizers):
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    owners.setdefault(id(p), set()).add(i)
+        owners = optimizer_owners(trainer.optimizers)
         if not any(id(p) in owners for p in pl_module.parameters()):
             return params, [(n, p) for n, p in params if p.requires_grad]
         weights = [(n, p) for n, p in params if index in owners.get(id(p), {0})]
@@ -295,58 +223,43 @@ class WeightHistogramCallback(VizCallback):
         step: int,
         optimizer: torch.optim.Optimizer | None,
         index: int | None,
-    ) -> None:
-        """Every rank, same order: one ``histogram_set`` call (two collectives when distributed).
+    ) -> Tensors | None:
+        """The tensors to histogram (every rank, the same names in the same order), reduced by the histogram
+        contract: one ``histogram_set`` call, two collectives when distributed.
 
         With ``optimizer``, the parameters it steps (weights and gradients); without, every parameter's
         weights (the epoch-end fallback, when no gradient is left).
         """
         self._last_step = step
-        with self.guard(trainer, "histogram capture"):
-            if self._params is None:
-                self._params = self._select(pl_module)
-            chosen = dict(zip(("weights", "gradients"), self._split(trainer, pl_module, index)))
-            tensors: list[torch.Tensor | None] = []
-            names: list[str] = []
-            for sel in SELECTIONS[self.log_what]:
-                for name, p in chosen[sel]:
-                    tensors.append(p if sel == "weights" else p.grad)
-                    names.append(f"{sel}/{name}")
-            if not names:
-                return
-            # the factor gradients still carry (fused optimizers under a GradScaler): one host copy
-            scale = None
-            if optimizer is not None and any(n.startswith("gradients/") for n in names):
-                scale = precision.grad_scale(trainer, optimizer)
-            if scale is None:
-                hs, failed = stats.histogram_set(tensors, names, self.bins)
-            else:  # gradients still carry the loss scale: take it out
-                scales = [scale if n.startswith("gradients/") else None for n in names]
-                hs, failed = precision.histogram_set(tensors, names, self.bins, scales)
-            if failed:
-                warn_once(
-                    (type(self).__name__, "failed-capture"),
-                    f"{type(self).__name__}: histogram capture failed on some rank at step {step} "
-                    f"(epoch {trainer.current_epoch}); this step is skipped. Training continues; this "
-                    "warning is shown once.",
-                )
-                return
-            self._record(hs, step)
-            self._report_nonfinite(hs, step, precision.has_grad_scaler(trainer))
-            self.publish(trainer, "histograms", step, hs)
-            self._emit_step(trainer, hs, step)
+        if self._params is None:
+            self._params = self._select(pl_module)
+        chosen = dict(zip(("weights", "gradients"), self._split(trainer, pl_module, index)))
+        tensors: list[torch.Tensor | None] = []
+        names: list[str] = []
+        for sel in SELECTIONS[self.log_what]:
+            for name, p in chosen[sel]:
+                tensors.append(p if sel == "weights" else p.grad)
+                names.append(f"{sel}/{name}")
+        if not names:
+            return None
+        # the factor gradients still carry (fused optimizers under a GradScaler): one host copy
+        scale = None
+        if optimizer is not None and any(n.startswith("gradients/") for n in names):
+            scale = precision.grad_scale(trainer, optimizer)
+        scales = None if scale is None else [scale if n.startswith("gradients/") else None for n in names]
+        return Tensors(step, names, tensors, self.bins, scales)
+
+    def keep(self, trainer: Trainer, reduced: Reduced) -> None:
+        hs, step = reduced.values, reduced.step
+        self._record(hs, step)
+        self._report_nonfinite(hs, step, precision.has_grad_scaler(trainer))
+        self.publish(trainer, "histograms", step, hs)
+
+    def render(self, trainer: Trainer, reduced: Reduced) -> None:
+        self._emit_step(trainer, reduced.values, reduced.step)
 
     def _record(self, hs: stats.HistogramSet, step: int) -> None:
-        for i, tag in enumerate(hs.names):
-            sel, name = tag.split("/", 1)
-            if hs.numel[i] == 0:  # no gradient this step
-                continue
-            edges = hs.edges[i]
-            w = float(edges[1] - edges[0])
-            series = self._history[sel].get(name)
-            if series is None:
-                series = self._history[sel][name] = _Series(self.max_history + 1, self.bins)
-            series.append(step, round(edges[0] / w), w, hs.counts[i], int(hs.nonfinite[i]), self.max_history)
+        record_histograms(self._history, hs, step, self.bins, self.max_history)
         self._version += 1
 
     def _report_nonfinite(self, hs: stats.HistogramSet, step: int, scaler: bool = False) -> None:
@@ -402,28 +315,7 @@ class WeightHistogramCallback(VizCallback):
         With ``compact``, each parameter has ``k`` and ``w`` (its edges are ``(k + arange(bins + 1)) * w``)
         instead of ``edges``, and int32 counts where they fit: a quarter of the size, for the render queue.
         """
-        params = []
-        for name, series in self._history.get(selection, {}).items():
-            if not series.n:
-                continue
-            s = series.arrays()
-            p = {
-                "name": name,
-                "numel": int(np.sum(s["counts"][-1]) + s["nonfinite"][-1]),
-                "steps": s["steps"].copy(),
-                "nonfinite": s["nonfinite"].copy(),
-            }
-            if compact:
-                small = s["counts"].max(initial=0) < 2**31
-                p.update(
-                    k=s["k"].copy(),
-                    w=s["w"].copy(),
-                    counts=s["counts"].astype(np.int32 if small else np.int64),
-                )
-            else:
-                p["edges"] = (s["k"].astype(np.float64)[:, None] + np.arange(self.bins + 1)) * s["w"][:, None]
-                p["counts"] = s["counts"].copy()
-            params.append(p)
+        params = evolution_params(self._history.get(selection, {}), self.bins, compact)
         return {"title": f"{selection} over training", "params": params}
 
     def _draw(self, trainer: Trainer) -> None:
@@ -456,15 +348,7 @@ class WeightHistogramCallback(VizCallback):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         history = {
-            sel: {
-                name: {
-                    **{key: torch.from_numpy(arr.copy()) for key, arr in s.arrays().items()},
-                    "seen": int(s.seen),
-                    "stride": int(s.stride),
-                }
-                for name, s in series.items()
-            }
-            for sel, series in self._history.items()
+            sel: {name: s.state() for name, s in series.items()} for sel, series in self._history.items()
         }
         return {
             "version": STATE_VERSION,
@@ -497,20 +381,8 @@ class WeightHistogramCallback(VizCallback):
             if sel not in self._history:
                 continue
             for name, s in dict(series).items():
-                try:
-                    if np.ndim(s["counts"]) != 2 or np.shape(s["counts"])[1] != self.bins:
-                        raise ValueError(f"counts are not rows of {self.bins} bins")
-                    fields = {
-                        key: np.asarray(s[key], dtype=np.float64 if key == "w" else np.int64).reshape(
-                            (-1, self.bins) if key == "counts" else (-1,)
-                        )
-                        for key in _LISTS
-                    }
-                    if len({len(v) for v in fields.values()}) != 1:
-                        raise ValueError("lists of unequal length")
-                    loaded = _Series.from_arrays(  # thinned: `max_history` may be smaller than before
-                        fields, int(s["seen"]), int(s["stride"]), self.bins, self.max_history
-                    )
+                try:  # thinned: `max_history` may be smaller than before
+                    loaded = HistogramSeries.from_state(s, self.bins, self.max_history)
                 except (KeyError, TypeError, ValueError) as err:
                     warn(f"the saved history of {sel}/{name} is unreadable ({err!r})", "it is skipped")
                     continue

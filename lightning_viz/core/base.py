@@ -1,12 +1,17 @@
-"""VizCallback: the schedule, the stage filter, and the capture -> reduce -> render -> emit path.
+"""VizCallback: the schedule, the stage filter, and the capture -> reduce -> keep -> render path.
 
-Subclasses implement capture (every rank), reduce (through :mod:`lightning_viz.core.distributed`, every
-rank) and a pure ``render(data) -> Figure`` from :mod:`lightning_viz.render`. This base class provides the
-rest: the one schedule (:mod:`lightning_viz.core.schedule`: it counts at the training hooks and calls
-:meth:`~VizCallback.capture_batch`, :meth:`~VizCallback.capture_optimizer_step` and
-:meth:`~VizCallback.capture_epoch` when they are due), argument validation helpers, the output directory,
-sinks, emission on rank zero through the background writer, the once-only failure warning, and flushing at
-fit end and on exceptions. A subclass that overrides one of the training hooks calls ``super()`` first.
+The base class owns the path. It counts the one schedule (:mod:`lightning_viz.core.schedule`) at the
+training hooks and, when a capture is due, calls the subclass's :meth:`~VizCallback.capture_batch`,
+:meth:`~VizCallback.capture_optimizer_step` or :meth:`~VizCallback.capture_epoch` (every rank). A capture
+returns a record (:mod:`lightning_viz.core.records`) whose kind declares its reduction; the base reduces it
+(every rank, the same collectives in the same order), then calls :meth:`~VizCallback.keep` (every rank:
+histories, decisions, :meth:`~VizCallback.publish`) and :meth:`~VizCallback.render` (rank 0: a pure
+``render(data) -> Figure`` from :mod:`lightning_viz.render` through the emit helpers), each under its guard
+(:meth:`~VizCallback.run_path`). A capture that completes outside the schedule's hooks (at the end of the
+batch it examined) hands its record to :meth:`~VizCallback.run_path` itself. The base also provides
+argument validation helpers, the output directory, sinks, emission on rank zero through the background
+writer, the once-only failure warning, and flushing at fit end and on exceptions. A subclass that overrides
+one of the training hooks calls ``super()`` first.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from matplotlib.figure import Figure
 
 from lightning_viz.core import distributed, errors, pacing, renderer, writer
 from lightning_viz.core.figures import FRAME, FigureSpec
+from lightning_viz.core.records import Captured, Reduced
 from lightning_viz.core.schedule import Schedule
-from lightning_viz.core.sinks import FileSink, Sink, fan_out, make_sinks
+from lightning_viz.core.sinks import FileSink, Sink, drop_unwritable_files, fan_out, make_sinks
 from lightning_viz.core.warn import warn_if_state_missing, warn_once
 
 WhenFull = Literal["wait", "drop_oldest"]
@@ -68,6 +74,7 @@ class VizCallback(Callback):
     figures: ClassVar[tuple[FigureSpec, ...]] = ()
     section_title: ClassVar[str] = ""
     report_rank: ClassVar[int] = 100
+    captures: ClassVar[str] = "capture"  # what its capture is called in a warning
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -91,26 +98,34 @@ class VizCallback(Callback):
     ) -> None:
         step = self.schedule.batch_due(trainer, batch_idx)
         if step is not None:
-            self.capture_batch(trainer, pl_module, batch, step)
+            self.run_path(
+                trainer, self.captures, self._captured(trainer, self.capture_batch, pl_module, batch, step)
+            )
 
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         index, by_step, by_epoch = self.schedule.optimizer_due(trainer, optimizer)
         if by_step or by_epoch:
-            self.capture_optimizer_step(trainer, pl_module, optimizer, index, by_epoch=by_epoch)
+            captured = self._captured(
+                trainer, self.capture_optimizer_step, pl_module, optimizer, index, by_epoch=by_epoch
+            )
+            self.run_path(trainer, self.captures, captured)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.schedule.epoch_due(trainer):
-            self.capture_epoch(trainer, pl_module)
+            self.run_path(trainer, self.captures, self._captured(trainer, self.capture_epoch, pl_module))
 
-    def capture_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int) -> None:
+    def capture_batch(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int
+    ) -> Captured | None:
         """A due step opens with this batch (before its forward pass): the model after ``step`` updates.
 
-        Called on every rank alike. Not under :meth:`guard`: a capture that reduces across ranks reports its
-        failure through ``distributed.reduce_values(failed=...)`` so that every rank still calls the
-        collectives.
+        Called on every rank alike; returns the record to reduce, or ``None`` (nothing to reduce now, the
+        same on every rank). A part that may fail on one rank only reports it in the record
+        (``failed=True`` with placeholders of the same shapes), so that every rank still reduces.
         """
+        return None
 
     def capture_optimizer_step(
         self,
@@ -120,12 +135,61 @@ class VizCallback(Callback):
         index: int,
         *,
         by_epoch: bool,
-    ) -> None:
+    ) -> Captured | None:
         """Optimizer ``index`` is about to take a due step (its gradients are final); ``by_epoch``: it is
-        due as the epoch's last step of a due epoch rather than by ``every_n_steps``. Every rank alike."""
+        due as the epoch's last step of a due epoch rather than by ``every_n_steps``. Every rank alike;
+        returns the record to reduce, or ``None``."""
+        return None
 
-    def capture_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """A due training epoch ends. Every rank alike."""
+    def capture_epoch(self, trainer: Trainer, pl_module: LightningModule) -> Captured | None:
+        """A due training epoch ends. Every rank alike; returns the record to reduce, or ``None``."""
+        return None
+
+    def keep(self, trainer: Trainer, reduced: Reduced) -> None:
+        """Every rank, after the reduce phase: add the reduced record to the histories, take the decisions
+        that must agree across ranks, :meth:`publish` it."""
+
+    def render(self, trainer: Trainer, reduced: Reduced) -> None:
+        """Rank 0, after :meth:`keep`: hand the record's figures, histograms and scalars to the sinks
+        (:meth:`emit_figure`, :meth:`emit_histograms`, :meth:`emit_scalars`)."""
+
+    # ------------------------------------------------------------------ the data path (every rank)
+    def _captured(self, trainer: Trainer, capture: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``capture(trainer, *args, **kwargs)``; an exception it raises becomes one warning and no record."""
+        with self.guard(trainer, self.captures):
+            return capture(trainer, *args, **kwargs)
+        return None
+
+    def run_path(self, trainer: Trainer, what: str, captured: Captured | None) -> None:
+        """The data path after a capture, in order: reduce (every rank), :meth:`keep` (every rank),
+        :meth:`render` (rank 0), each under :meth:`guard`.
+
+        Args:
+            trainer: the running Trainer.
+            what: what was captured, for the warning a failure gives.
+            captured: the capture's record (``None``: nothing was captured, the same on every rank). Its
+                kind declares the reduction (:mod:`~lightning_viz.core.records`); when it failed on some
+                rank, every rank skips it, with one warning.
+        """
+        if captured is None:
+            return
+        reduced = None
+        with self.guard(trainer, f"{what} (reduce)"):
+            reduced = captured.reduce()
+            if reduced is None and not captured.failed:  # (a failure here was said where it happened)
+                warn_once(
+                    (type(self).__name__, "failed-capture"),
+                    f"{type(self).__name__}: {what} failed on some rank at step {captured.step} "
+                    f"(epoch {trainer.current_epoch}); this step is skipped. Training continues; this "
+                    "warning is shown once.",
+                )
+        if reduced is None:
+            return
+        with self.guard(trainer, what):
+            self.keep(trainer, reduced)
+        if self.emitting(trainer):
+            with self.guard(trainer, f"drawing {what}"):
+                self.render(trainer, reduced)
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -140,7 +204,7 @@ class VizCallback(Callback):
         self.viz_dir = Path(self.output_dir) if self.output_dir else Path(log_dir) / "viz" / self.viz_name
         self._sinks = make_sinks(trainer.loggers, self.viz_dir) if distributed.is_emitter(trainer) else []
         # An unwritable output directory drops the file sink (one warning); the loggers still receive.
-        self._sinks = writer.drop_unwritable_files(self._sinks, self.viz_dir, type(self).__name__)
+        self._sinks = drop_unwritable_files(self._sinks, self.viz_dir, type(self).__name__)
         if self._sinks:  # figures will be drawn here: let the render process load matplotlib now
             renderer.get_renderer().start()
             pacing.DrawingPacer.attach(trainer)  # cumulative figures while every core trains

@@ -1,7 +1,7 @@
 """What the layers pass on during the training forward of an examined step, reduced to sums on their device.
 
 :class:`ForwardSums` hooks the watched modules (weight layers and activation modules) through
-:class:`~lightning_viz.core.hooks.PassedTracker` for one forward pass, and keeps, per weight layer, the
+:class:`~lightning_viz.core.passed.PassedTracker` for one forward pass, and keeps, per weight layer, the
 sums of :func:`~lightning_viz.core.activation_stats.output_sums` over the tensor it passes on after its
 non-linearity (an activation module, a functional ``F.relu``, or its own output), plus three flags: taken
 after a non-linearity, bounds known, functional op unknown. The health checks reduce these across ranks and
@@ -16,9 +16,10 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from lightning_viz.core import sharding
 from lightning_viz.core.activation_stats import NSUMS, first_tensor, output_sums, saturation_bounds, stat_view
 from lightning_viz.core.health_checks import NORMALISERS, functional_activation
-from lightning_viz.core.hooks import Passed, PassedTracker, is_activation
+from lightning_viz.core.passed import Passed, PassedTracker, is_activation
 from lightning_viz.core.tensor_origin import ops_between
 
 CLAIMED = "\0claimed"  # an activation module measured as its weight layer's passed-on tensor
@@ -41,6 +42,17 @@ class ForwardSums:
         self.fn_of: dict[str, str] = {}  # weight layer -> the functional activation after it
         self._claim: tuple[str, int] | None = None
         self._tracker: PassedTracker | None = None
+
+    @classmethod
+    def of_model(cls, model: nn.Module, saturation_level: float) -> ForwardSums:
+        """Watching every weight layer (``Conv*``, ``Linear``) and activation module of ``model``, by the
+        names the user wrote."""
+        watch = {
+            sharding.clean_name(n): m
+            for n, m in model.named_modules()
+            if n and (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or is_activation(m))
+        }
+        return cls(watch, saturation_level)
 
     def start(self, pl_module: LightningModule) -> None:
         """Hook the watched modules for the coming training forward (``grad_only``: never a no-grad pass

@@ -1,7 +1,7 @@
 """The arithmetic of TrainingHealthCallback's checks: plain numbers in, decisions out (no torch, no trainer).
 
 An *activation entry* is what a check reads about one layer's passed-on tensor (see
-:class:`~lightning_viz.core.hooks.Passed`): ``layer`` (the name findings use), ``tensor`` (a phrase saying
+:class:`~lightning_viz.core.passed.Passed`): ``layer`` (the name findings use), ``tensor`` (a phrase saying
 which tensor was measured), ``dead`` (its exact-zero fraction, or ``None`` when the tensor is not taken after a
 non-linearity), ``saturated`` (its fraction near the bounds, or ``None`` when the bounds are unknown),
 ``nonfinite`` and ``values`` (counts).
@@ -75,6 +75,21 @@ class Thresholds:
     spike_window: int = 20
     plateau_patience: int = 3
     plateau_tolerance: float = 1e-3
+
+    @classmethod
+    def of(cls, value: Thresholds | Mapping[str, float] | None) -> Thresholds:
+        """The thresholds an argument gives: ``None`` (the defaults), a ``Thresholds``, or (in Python) a
+        mapping of only those to change; validated (``ValueError`` naming the bad one)."""
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {f.name for f in fields(cls)})
+            if unknown:
+                raise ValueError(f"`thresholds` has no {unknown}; valid: {[f.name for f in fields(cls)]}")
+            value = cls(**value)
+        if value is not None and not isinstance(value, cls):
+            raise ValueError(f"`thresholds` must be a mapping of threshold names to numbers; got {value!r}")
+        out = value or cls()
+        out.check()
+        return out
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the field (``thresholds.<field>``), the value and what is allowed."""

@@ -1,4 +1,4 @@
-"""Every read of Lightning's private state, each with the Lightning version it was written for and why.
+"""Every read of private state (Lightning's, and torch's GradScaler), each with the version it was written for and why.
 
 Lightning gives callbacks no public view of some things they need (the step its loggers use, every logged
 value of every dataloader). Each read is one small function here, so a Lightning upgrade that moves them
@@ -98,3 +98,22 @@ def fit_dataloaders(trainer: Trainer, which: Literal["train", "val"]) -> Any:
     fit_loop = trainer.fit_loop
     source = fit_loop._data_source if which == "train" else fit_loop.epoch_loop.val_loop._data_source
     return source.dataloader() if source.is_defined() else None
+
+
+def gradients_still_scaled(scaler: torch.amp.GradScaler, optimizer: Any) -> bool:
+    """Whether ``optimizer``'s gradients still carry ``scaler``'s scale (``unscale_`` has not run for it
+    since the last ``update()``); see :mod:`~lightning_viz.core.precision` for the Lightning code behind it.
+
+    torch >= 1.6 (still in 2.14) records it in ``scaler._per_optimizer_states[id(optimizer)]["stage"]``
+    (private; ``OptState.READY`` before ``unscale_``, ``UNSCALED`` after; no public accessor). Lightning
+    2.0-2.6 wraps the optimizer in a ``LightningOptimizer`` whose torch optimizer is ``_optimizer``
+    (private). Should the scaler's state move, Lightning's own rule answers: only optimizers with
+    ``_step_supports_amp_scaling`` (torch's fused ones) unscale inside ``step()``, after the hook.
+    """
+    optimizer = getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer -> torch optimizer
+    states = getattr(scaler, "_per_optimizer_states", None)
+    if isinstance(states, dict):
+        state = states.get(id(optimizer))  # .get: never create an entry in the defaultdict
+        stage = state.get("stage") if isinstance(state, dict) else None
+        return stage is None or getattr(stage, "name", None) == "READY"
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))

@@ -26,7 +26,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_viz.core import writer
+from lightning_viz.core import settings, writer
 
 WAIT_AT_MOST_S = 2.0  # one wait of the training thread at a batch boundary
 WAIT_SHARE = 0.25  # all the waits together, as a share of the training's own time
@@ -42,7 +42,7 @@ def wait_share() -> float:
     Raises:
         ValueError: the variable is not a number from 0 to 1 (names the variable and the value).
     """
-    return writer._env_float(SHARE_ENV, WAIT_SHARE, upper=1.0)
+    return settings.env_float(SHARE_ENV, WAIT_SHARE, upper=1.0)
 
 
 class Pacer:
@@ -140,7 +140,7 @@ class DrawingPacer(Callback):
     @classmethod
     def attach(cls, trainer: Trainer) -> None:
         """Add one to ``trainer`` unless it has one; checks the environment variables (``ValueError``)."""
-        writer.redraw_every_s(), wait_share()  # a wrong value fails here, naming the variable
+        settings.redraw_every_s(), wait_share()  # a wrong value fails here, naming the variable
         if not any(isinstance(cb, cls) for cb in trainer.callbacks):  # type: ignore[attr-defined]
             trainer.callbacks.append(cls())  # type: ignore[attr-defined]
 

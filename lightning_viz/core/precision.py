@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import torch
 from lightning.pytorch import Trainer
 
-from lightning_viz.core import stats
+from lightning_viz.core import lightning_state, stats
 
 
 def _scaler(trainer: Trainer) -> torch.amp.GradScaler | None:
@@ -82,15 +82,7 @@ def grad_scale(trainer: Trainer, optimizer: torch.optim.Optimizer) -> float | No
     scaler = _scaler(trainer)
     if scaler is None:
         return None
-    optimizer = getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer -> torch optimizer
-    states = getattr(scaler, "_per_optimizer_states", None)  # private: torch >= 1.6, still in 2.14
-    if isinstance(states, dict):
-        state = states.get(id(optimizer))  # .get: never create an entry in the defaultdict
-        stage = state.get("stage") if isinstance(state, dict) else None
-        scaled = stage is None or getattr(stage, "name", None) == "READY"
-    else:  # the private state moved: Lightning's own rule
-        scaled = bool(getattr(optimizer, "_step_supports_amp_scaling", False))
-    if not scaled:
+    if not lightning_state.gradients_still_scaled(scaler, optimizer):
         return None
     scale = float(scaler.get_scale())
     return None if scale == 1.0 or not math.isfinite(scale) or scale <= 0 else scale

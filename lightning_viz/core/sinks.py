@@ -2,6 +2,8 @@
 
 The rest of the package never asks which logger is attached: it calls :func:`make_sinks` in ``setup`` and
 hands every output to each sink. A sink that raises is reported once and the other sinks still receive.
+When the output directory cannot be written, :func:`drop_unwritable_files` leaves the file sink out,
+with one warning.
 
 * :class:`FileSink` writes PNG files, the data behind each figure (JSON / NPZ) and text, atomically. It is
   always there: with no logger at all, the files are the whole output.
@@ -32,8 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from lightning_viz.core.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npz,
+    unwritable_reason,
+)
 from lightning_viz.core.warn import warn_once
-from lightning_viz.core.writer import atomic_write_bytes, atomic_write_json, atomic_write_npz
 
 
 class Sink:
@@ -324,6 +331,27 @@ def make_sinks(loggers: Sequence[Any], root: str | Path) -> list[Sink]:
             warn_once(("missing-extra", type(logger).__name__), missing_extra_message(logger, module, extra))
             sinks.append(LoggerSink(logger))
     return sinks
+
+
+def drop_unwritable_files(sinks: list, directory: Any, owner: str) -> list:
+    """``sinks`` without the file sink when ``directory`` is not writable, with one warning per directory.
+
+    The other sinks (TensorBoard, W&B, MLflow, ...) still receive every figure, histogram and scalar.
+    """
+    if directory is None or not sinks:
+        return sinks
+    reason = unwritable_reason(directory)
+    if reason is None:
+        return sinks
+    kept = [s for s in sinks if not isinstance(s, FileSink)]
+    others = ", ".join(getattr(s, "name", type(s).__name__) for s in kept) or "none attached"
+    warn_once(
+        ("unwritable", str(directory)),
+        f"{owner}: cannot write to the output directory {str(directory)!r} ({reason}); its files (PNG, "
+        f"JSON, NPZ) are skipped for this run. Other destinations still receive everything ({others}); "
+        "training continues. Set `output_dir` to a writable folder.",
+    )
+    return kept
 
 
 def fan_out(

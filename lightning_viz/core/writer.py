@@ -1,4 +1,4 @@
-"""Background rendering and atomic file writes.
+"""The background writer: figures drawn and sinks fed in background threads, flushed at fit end.
 
 Rendering (matplotlib, PNG encoding) and file I/O stay off the training step: callbacks submit jobs to
 bounded queues, each served by one background thread: figures to the "render" queue (its thread has them
@@ -38,211 +38,32 @@ receives the figures of a key in the order of their steps, never an older one af
 from __future__ import annotations
 
 import atexit
-import json
-import os
-import pickle
 import queue
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
+from lightning_viz.core.settings import REDRAW_ENV, REDRAW_EVERY_S, redraw_every_s
+from lightning_viz.core.spill import DiskBacked, Spilled
 from lightning_viz.core.warn import warn_once
+
+__all__ = [
+    "REDRAW_ENV",
+    "REDRAW_EVERY_S",
+    "BackgroundWriter",
+    "DiskBacked",
+    "flush",
+    "get_writer",
+    "redraw_every_s",
+]
 
 WhenFull = Literal["wait", "drop_oldest"]
 QUEUE_SIZE = 32
 SUPERSEDE_ABOVE = 8  # jobs waiting: drawing is behind (snapshots wait on disk, keyed twins are replaced)
 SPILL_MAX = 1000  # figures waiting in temporary files; beyond it "wait" waits for the render process again
-REDRAW_EVERY_S = 6.0  # a cumulative figure is redrawn at most this often (per key), and at fit end
 LATE_AFTER_S = 0.5  # a cumulative figure due this long, with no job started or ended meanwhile, is late
-REDRAW_ENV = "LIGHTNING_VIZ_REDRAW_S"
-
-
-def _env_float(name: str, default: float, upper: float | None = None) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not (value >= 0 and (upper is None or value <= upper)):
-        allowed = f"a number from 0 to {upper:g}" if upper is not None else "a number of seconds >= 0"
-        raise ValueError(f"environment variable {name} must be {allowed}; got {raw!r}")
-    return value
-
-
-def redraw_every_s() -> float:
-    """Seconds between two drawings of one cumulative figure (``LIGHTNING_VIZ_REDRAW_S``, default 6).
-
-    Raises:
-        ValueError: the variable is not a number >= 0 (names the variable and the value).
-    """
-    return _env_float(REDRAW_ENV, REDRAW_EVERY_S)
-
-
-def _umask() -> int:
-    """The process's umask. Read without changing it where Linux shows it (``/proc/self/status``)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: the classic read (set, then put back at once)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it into place.
-
-    A process killed at any moment leaves either the old file, the new file, or a stray ``.tmp`` file,
-    never a truncated ``path``. The file gets the mode a plain ``open(path, "w")`` would give it
-    (``0o666`` less the umask), not the owner-only mode of the temporary file, so a teammate or a web
-    server can read the pictures and the report as the user's umask allows.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot serialise {type(o).__name__}")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Serialise ``obj`` (numpy arrays become lists, NaN stays NaN) and write it atomically."""
-    return atomic_write_bytes(path, json.dumps(obj, default=_json_default, indent=1).encode())
-
-
-def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Save arrays as an uncompressed ``.npz`` atomically."""
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def unwritable_reason(directory: str | os.PathLike) -> str | None:
-    """Why files cannot be written under ``directory`` (created if missing), or ``None`` when they can.
-
-    Creates the directory and writes and removes one temporary file, so a read-only parent, a file in
-    the way of a directory, a full disk or missing permissions are found before training, not per file.
-    """
-    try:
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".lightning-viz-probe.", suffix=".tmp")
-        try:
-            os.write(fd, b"ok")
-        finally:
-            os.close(fd)
-            os.unlink(tmp)
-    except OSError as err:
-        return f"{type(err).__name__}: {err.strerror or err}" + (f" ({err.filename})" if err.filename else "")
-    return None
-
-
-def drop_unwritable_files(sinks: list, directory: Any, owner: str) -> list:
-    """``sinks`` without the file sink when ``directory`` is not writable, with one warning per directory.
-
-    The other sinks (TensorBoard, W&B, MLflow, ...) still receive every figure, histogram and scalar.
-    """
-    if directory is None or not sinks:
-        return sinks
-    reason = unwritable_reason(directory)
-    if reason is None:
-        return sinks
-    from lightning_viz.core.sinks import FileSink  # sinks imports this module
-
-    kept = [s for s in sinks if not isinstance(s, FileSink)]
-    others = ", ".join(getattr(s, "name", type(s).__name__) for s in kept) or "none attached"
-    warn_once(
-        ("unwritable", str(directory)),
-        f"{owner}: cannot write to the output directory {str(directory)!r} ({reason}); its files (PNG, "
-        f"JSON, NPZ) are skipped for this run. Other destinations still receive everything ({others}); "
-        "training continues. Set `output_dir` to a writable folder.",
-    )
-    return kept
-
-
-class DiskBacked:
-    """A job ``run(payload)`` whose payload can wait on disk instead of in memory (see the module docstring).
-
-    Args:
-        payload: picklable input (a figure's render function and its data).
-        run: what to do with it, on the writer's thread.
-    """
-
-    def __init__(self, payload: Any, run: Callable[[Any], None]) -> None:
-        self.payload, self.run = payload, run
-
-    def __call__(self) -> None:
-        self.run(self.payload)
-
-    def spill(self) -> _Spilled | None:
-        """Pickle the payload to a temporary file; None when it cannot be (it then waits in memory)."""
-        try:
-            fd, path = tempfile.mkstemp(prefix="lightning-viz-spill-", suffix=".pkl")
-        except OSError:  # no writable temporary directory
-            return None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(self.payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # unpicklable payload, disk full
-            _unlink(path)
-            return None
-        return _Spilled(path, self.run)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-class _Spilled:
-    """A :class:`DiskBacked` job whose payload is in a file: read back, removed, then run."""
-
-    def __init__(self, path: str, run: Callable[[Any], None]) -> None:
-        self.path, self.run = path, run
-
-    def __call__(self) -> None:
-        try:
-            with open(self.path, "rb") as fh:
-                payload = pickle.load(fh)
-        finally:
-            _unlink(self.path)
-        self.run(payload)
 
 
 class _Version:
@@ -409,7 +230,7 @@ class BackgroundWriter:
     def _in_memory(self) -> int:
         """Snapshot jobs waiting in the overflow in memory (their payload could not go to disk)."""
         with self._lock:  # the writer's thread takes jobs out meanwhile
-            return sum(1 for item in self._overflow if not isinstance(item[0], _Spilled))
+            return sum(1 for item in self._overflow if not isinstance(item[0], Spilled))
 
     def _spill(self, job: Callable[[], None], label: str) -> bool:
         """Under "wait", send a job to the overflow when behind (or when older jobs already wait there, so
@@ -429,7 +250,7 @@ class BackgroundWriter:
                 time.sleep(0.01)
         with self._lock:
             self._overflow.append((held, label, None))
-            self.spilled += isinstance(held, _Spilled)  # those in temporary files
+            self.spilled += isinstance(held, Spilled)  # those in temporary files
         self._refill()  # the queue may have drained meanwhile
         return True
 

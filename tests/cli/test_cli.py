@@ -6,6 +6,7 @@ for a fresh ``import torch`` each time); one runs the real interpreter to see ex
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 import subprocess
@@ -105,6 +106,10 @@ def test_console_script_runs_main():
 
 
 def test_fit_help_lists_the_callbacks_and_how_to_see_their_arguments(capsys):
+    # the user's models are listed once imported (as `--model mypkg.MyModel` imports them); the command
+    # itself imports no example project
+    importlib.import_module("example_projects.digits.model")
+    importlib.import_module("example_projects.digits.data")
     code, out, _ = run_cli(capsys, ["fit", "--help"])
     assert code == 0
     assert "--trainer.callbacks.help" in out

@@ -137,12 +137,12 @@ def test_figures_queued_at_interpreter_exit_are_drawn_in_the_child_and_written(t
     script = f"""
 import sys
 sys.path[:0] = {sys.path!r}
-from lightning_viz.core import renderer, writer
+from lightning_viz.core import files, renderer, writer
 from tests.core import render_funcs
 
 def job(i):
     rgba, png = renderer.render_png(render_funcs.bars, {{"values": [i, 1.0]}})
-    writer.atomic_write_bytes({str(tmp_path)!r} + f"/fig{{i}}.png", png)
+    files.atomic_write_bytes({str(tmp_path)!r} + f"/fig{{i}}.png", png)
 
 for i in range(3):
     writer.get_writer().submit(lambda i=i: job(i), f"fig {{i}}")

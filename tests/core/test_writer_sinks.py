@@ -1,9 +1,8 @@
-"""The background writer, atomic files and sink isolation."""
+"""The background writer and sink isolation."""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import warnings
@@ -16,29 +15,8 @@ from lightning.pytorch import Callback
 from lightning_viz.core import distributed, writer
 from lightning_viz.core.sinks import FileSink, Sink, fan_out
 from lightning_viz.core.warn import VizWarning
-from lightning_viz.core.writer import BackgroundWriter, atomic_write_bytes, atomic_write_json
+from lightning_viz.core.writer import BackgroundWriter
 from lightning_viz.render._figure import png_bytes
-
-
-def test_atomic_write_leaves_no_temporary(tmp_path):
-    target = tmp_path / "a" / "b.json"
-    atomic_write_json(target, {"x": np.arange(3), "nan": float("nan")})
-    assert json.loads(target.read_text().replace("NaN", "null")) == {"x": [0, 1, 2], "nan": None}
-    assert [p.name for p in target.parent.iterdir()] == ["b.json"]
-
-
-def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
-    target = tmp_path / "f.bin"
-    atomic_write_bytes(target, b"old")
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("os.replace", boom)
-    with pytest.raises(OSError):
-        atomic_write_bytes(target, b"new")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
 def test_writer_runs_jobs_in_order_and_flushes():

@@ -183,11 +183,11 @@ def test_loss_of_several_batches_a_step_is_drawn_as_points_and_the_steps_mean():
 
 def test_state_round_trip_keeps_findings_and_their_once_only_keys():
     cb = TrainingHealthCallback()
-    cb.findings = [{"check": "nonfinite", "layer": "fc.weight", "step": 3, "message": "m"}]
-    cb._flagged = {("nonfinite", "gradients:fc.weight")}
-    cb._epoch_losses = [2.0, 1.0]
+    cb.ledger.findings = [{"check": "nonfinite", "layer": "fc.weight", "step": 3, "message": "m"}]
+    cb.ledger.flagged = {("nonfinite", "gradients:fc.weight")}
+    cb.ledger.epoch_losses = [2.0, 1.0]
     new = TrainingHealthCallback()
     new.load_state_dict(cb.state_dict())
     assert new.findings == cb.findings
-    assert new._flagged == {("nonfinite", "gradients:fc.weight")}
-    assert new._epoch_losses == [2.0, 1.0]
+    assert new.ledger.flagged == {("nonfinite", "gradients:fc.weight")}
+    assert new.ledger.epoch_losses == [2.0, 1.0]

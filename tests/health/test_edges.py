@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_viz.callbacks.training_health import TrainingHealthCallback
-from lightning_viz.core.hooks import PassedTracker
 from lightning_viz.core.model_input import ModelInput
+from lightning_viz.core.passed import PassedTracker
 from lightning_viz.core.tensor_origin import locate_nonfinite
 from tests.health.test_models import Base, FunctionalMLP, fit, loader
 

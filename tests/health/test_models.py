@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_viz.callbacks.activation_map import ActivationMapCallback
-from lightning_viz.callbacks.training_health import TrainingHealthCallback
+from lightning_viz.callbacks.training_health import ACTIVATION_NAMES, TrainingHealthCallback
+from lightning_viz.core.health_checks import record_entries
 from lightning_viz.core.warn import VizWarning
 
 PREFIX = "TrainingHealthCallback: "
@@ -140,7 +141,13 @@ def test_records_of_the_passed_on_tensor_are_checked_and_not_run_is_no_finding()
         },
         "_activation": {"conv1": "ReLU", "conv2": None, "fc": None, "tanh_layer": "Tanh", "disc.0": "ReLU"},
     }
-    entries = health._record_entries(payload, step=3)
+
+    def entries_of(payload, step):  # what the callback does with an ActivationMapCallback record
+        found, not_run, _ = record_entries(payload, ACTIVATION_NAMES, health._sums.act_of, health._sums.fn_of)
+        health.ledger.activations(step, found, not_run, own=False)
+        return found
+
+    entries = entries_of(payload, step=3)
     flags = [(e["layer"], e["dead"] is not None, e["saturated"]) for e in entries]
     assert flags == [
         ("conv1", True, None),
@@ -148,9 +155,9 @@ def test_records_of_the_passed_on_tensor_are_checked_and_not_run_is_no_finding()
         ("fc", False, None),
         ("tanh_layer", True, 0.8),
     ]
-    assert health._not_run == {"disc.0": 3}
+    assert health.ledger.not_run == {"disc.0": 3}
     payload["fc"] = st(float("nan"), source="output", values=0, nonfinite=64)  # ran: every output NaN
-    assert [e["layer"] for e in health._record_entries(payload, 4) if e["nonfinite"]] == ["fc"]
+    assert [e["layer"] for e in entries_of(payload, 4) if e["nonfinite"]] == ["fc"]
 
 
 def test_healthy_functional_relu_model_gives_no_finding_and_no_warning(tmp_path):
@@ -276,7 +283,7 @@ def test_backbone_finetuning_is_examined_after_the_unfreeze(tmp_path):
     assert "backbone.0.weight" not in seen[0][1] and "head.weight" in seen[0][1]
     assert "backbone.0.weight" in seen[-1][1]
     assert health.started_later() == {"backbone.0.weight": 4, "backbone.0.bias": 4}
-    assert health._frozen == {}  # everything trains at the end
+    assert health.ledger.frozen == {}  # everything trains at the end
     text = health.summary_text()
     assert "started training later: at step 4: 2 tensors: backbone.0.weight, backbone.0.bias" in text
     assert health.findings == []
@@ -291,7 +298,7 @@ class FrozenByMistake(FunctionalMLP):
 def test_frozen_parameters_are_listed(tmp_path):
     health = TrainingHealthCallback(every_n_steps=2, output_dir=str(tmp_path))
     fit(FrozenByMistake(), [health], root=tmp_path)
-    assert health._frozen == {"fc1.weight": 128, "fc1.bias": 16}
+    assert health.ledger.frozen == {"fc1.weight": 128, "fc1.bias": 16}
     summary = json.loads((health.viz_dir / "health_summary.json").read_text())
     assert summary["frozen"] == {"fc1.weight": 128, "fc1.bias": 16} and summary["started_later"] == {}
     text = (health.viz_dir / "health_summary.txt").read_text()

@@ -1,0 +1,45 @@
+"""Layers by the names the user wrote, and ``layers`` glob patterns matched over those names.
+
+:func:`named_layers` names every module as :func:`~lightning_viz.core.sharding.clean_name` cleans it (no
+``_orig_mod`` of ``torch.compile``, no FSDP1 or activation-checkpointing wrapper prefix) and leaves out a
+compiled submodule's ``OptimizedModule`` wrapper; :func:`match_layers` selects among them by the one rule
+for patterns, :func:`~lightning_viz.core.hooks.match_modules`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from lightning_viz.core.hooks import match_modules
+from lightning_viz.core.sharding import clean_name
+
+
+def named_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's modules by clean name (:func:`~lightning_viz.core.sharding.clean_name`), in model order;
+    a compiled submodule's wrapper (``OptimizedModule``) is left out, its original module keeps the name."""
+    out: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if name and type(module).__name__ != "OptimizedModule":
+            out.setdefault(clean_name(name), module)
+    return out
+
+
+class _Named:
+    """``named_modules()`` over clean names, for :func:`match_modules`."""
+
+    def __init__(self, named: Mapping[str, nn.Module]) -> None:
+        self.named = named
+
+    def named_modules(self) -> Any:
+        return iter(self.named.items())
+
+
+def match_layers(
+    named: Mapping[str, nn.Module], patterns: Sequence[str], *, argument: str
+) -> dict[str, nn.Module]:
+    """The layers of ``named`` (:func:`named_layers`) whose clean names match any pattern, in model order;
+    a pattern that matches none raises the ``ValueError`` of :func:`match_modules` (naming ``argument``)."""
+    return match_modules(_Named(named), patterns, argument=argument)  # type: ignore[arg-type]

@@ -1,0 +1,78 @@
+"""A fixed sample batch from the fit's data: the dataloader it is taken from, and its examples, fed by the
+one rule of :mod:`lightning_viz.core.model_input`.
+
+:func:`fit_loader` finds the first dataloader of the fit's validation data (or training data), as set up
+before any loop runs; :func:`dataset_size` says whether its dataset can be indexed; :func:`examples_at`
+collates chosen examples as the dataloader would, and :func:`first_examples` takes the first examples an
+iterable dataset yields. What the model is fed is left to the caller's ``feed`` (``None``: it cannot be).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader, IterableDataset, default_collate
+
+from lightning_viz.core import lightning_state
+from lightning_viz.core.model_input import ModelInput
+
+Feed = Callable[[Any], ModelInput | None]  # a collated batch -> what the model is fed, or None
+
+
+def first_loader(obj: Any) -> DataLoader | None:
+    """The first ``DataLoader`` in what a ``*_dataloader()`` hook returns (a loader, a list or dict of them,
+    a ``CombinedLoader``), or ``None``."""
+    if isinstance(obj, DataLoader):
+        return obj
+    obj = getattr(obj, "flattened", obj)  # CombinedLoader
+    items = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, (list, tuple)) else []
+    return next((dl for dl in map(first_loader, items) if dl is not None), None)
+
+
+def fit_loader(trainer: Trainer, sample_from: Literal["val", "train"]) -> tuple[DataLoader | None, str]:
+    """The first dataloader of the fit's ``sample_from`` data (``"val"`` or ``"train"``) and which data it
+    is: ``"val"`` falls back to ``"train"`` when the fit has no validation dataloader. ``None`` (and the
+    last data tried) when there is none."""
+    tried: tuple[Literal["val", "train"], ...] = ("val", "train") if sample_from == "val" else ("train",)
+    for which in tried:
+        loaders = lightning_state.fit_dataloaders(trainer, which)
+        loader = first_loader(loaders) if loaders is not None else None
+        if loader is not None:
+            return loader, which
+    return None, tried[-1]
+
+
+def dataset_size(loader: DataLoader) -> int | None:
+    """The number of examples of the loader's dataset; ``None`` for an iterable or unsized dataset."""
+    if isinstance(loader.dataset, IterableDataset) or not hasattr(loader.dataset, "__len__"):
+        return None
+    return len(loader.dataset)
+
+
+def examples_at(loader: DataLoader, indices: Sequence[int], feed: Feed) -> ModelInput | None:
+    """The dataset's examples at ``indices``, collated by the loader's ``collate_fn`` (``default_collate``
+    for a loader without automatic batching), fed by ``feed``."""
+    dataset: Any = loader.dataset
+    collate = loader.collate_fn if loader.batch_sampler is not None else default_collate
+    return feed(collate([dataset[i] for i in indices]))
+
+
+def first_examples(loader: DataLoader, n: int, feed: Feed, *, argument: str) -> ModelInput | None:
+    """The first ``n`` examples the loader yields, its batches fed by ``feed`` and joined; the example
+    input alone when ``feed`` falls back to it; ``None`` when a batch cannot feed the model. Fewer than
+    ``n`` examples raise a ``ValueError`` naming ``argument``."""
+    parts: list[ModelInput] = []
+    have = 0
+    for batch in loader:
+        part = feed(batch)
+        if part is None:
+            return None
+        parts.append(part)
+        have += part.batch_size() or 1
+        if have >= n or part.source == "example_input_array":
+            break
+    if have < n and not (parts and parts[0].source == "example_input_array"):
+        raise ValueError(f"`{argument}` is {n} but the dataset yields only {have}")
+    return parts[0] if parts[0].source == "example_input_array" else ModelInput.concat(parts)
