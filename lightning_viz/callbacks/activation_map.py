@@ -330,9 +330,7 @@ class ActivationMapCallback(VizCallback):
             inp = self.sample_input(pl_module)
             failed = inp is None  # the model cannot be fed: warned once by sample_input
             err, executed = (None, []) if inp is None else self._forward(trainer, pl_module, inp)
-            example = (
-                example_of(pl_module) if err is not None and inp.source != "example_input_array" else None
-            )
+            example = example_of(pl_module) if err is not None and not inp.is_example else None
             if err is not None and example is not None:  # the batch does not fit forward: the example does
                 inp = example.apply(lambda t: t.detach().cpu())
                 if self._forward(trainer, pl_module, inp)[0] is None:

@@ -23,6 +23,12 @@ def _compiled_type() -> type | None:
     return getattr(dynamo, "OptimizedModule", None)
 
 
+def is_compiled_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``torch.compile`` wrapper (``OptimizedModule``) around the user's module."""
+    compiled = _compiled_type()
+    return compiled is not None and isinstance(module, compiled)
+
+
 @contextmanager
 def uncompiled(model: nn.Module) -> Iterator[nn.Module]:
     """The model as written, for the block: every ``torch.compile``d module seen as the module it wraps.

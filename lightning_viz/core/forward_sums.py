@@ -16,9 +16,9 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from lightning_viz.core import sharding
 from lightning_viz.core.activation_stats import NSUMS, first_tensor, output_sums, saturation_bounds, stat_view
 from lightning_viz.core.health_checks import NORMALISERS, functional_activation
+from lightning_viz.core.layer_names import named_layers
 from lightning_viz.core.passed import Passed, PassedTracker, is_activation
 from lightning_viz.core.tensor_origin import ops_between
 
@@ -48,9 +48,9 @@ class ForwardSums:
         """Watching every weight layer (``Conv*``, ``Linear``) and activation module of ``model``, by the
         names the user wrote."""
         watch = {
-            sharding.clean_name(n): m
-            for n, m in model.named_modules()
-            if n and (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or is_activation(m))
+            n: m
+            for n, m in named_layers(model).items()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or is_activation(m)
         }
         return cls(watch, saturation_level)
 

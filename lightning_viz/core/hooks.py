@@ -96,7 +96,6 @@ def capture_outputs(
         The list of hooked module names in the order they executed (useful when the forward raises).
     """
     executed: list[str] = []
-    modes = {m: m.training for m in model.modules()}
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def make_hook(name: str) -> Callable[..., None]:
@@ -106,15 +105,30 @@ def capture_outputs(
 
         return hook
 
+    with modes_kept(model, eval_mode=eval_mode):
+        try:
+            for name, module in modules.items():
+                handles.append(module.register_forward_hook(make_hook(name)))
+            yield executed
+        finally:
+            for h in handles:
+                h.remove()
+
+
+@contextmanager
+def modes_kept(model: nn.Module, *, eval_mode: bool = False) -> Iterator[None]:
+    """Every module's train/eval flag put back on exit, also on an exception (``eval_mode``: eval inside).
+
+    Args:
+        model: the model whose flags are kept.
+        eval_mode: put the model in eval mode for the block.
+    """
+    modes = {m: m.training for m in model.modules()}
     try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
         if eval_mode:
             model.eval()
-        yield executed
+        yield
     finally:
-        for h in handles:
-            h.remove()
         for m, flag in modes.items():
             m.training = flag
 

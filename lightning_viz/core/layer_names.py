@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from lightning_viz.core.compiled import is_compiled_wrapper
 from lightning_viz.core.hooks import match_modules
 from lightning_viz.core.sharding import clean_name
 
@@ -22,7 +23,7 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
     a compiled submodule's wrapper (``OptimizedModule``) is left out, its original module keeps the name."""
     out: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
-        if name and type(module).__name__ != "OptimizedModule":
+        if name and not is_compiled_wrapper(module):
             out.setdefault(clean_name(name), module)
     return out
 

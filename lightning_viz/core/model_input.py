@@ -28,6 +28,9 @@ from torch import nn
 INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
 
 
+EXAMPLE = "example_input_array"  # the source of a ModelInput taken from the module's example
+
+
 @dataclass
 class ModelInput:
     """Positional and keyword arguments of one ``forward`` call, and where they came from.
@@ -42,6 +45,11 @@ class ModelInput:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     source: str = "batch"
+
+    @property
+    def is_example(self) -> bool:
+        """Taken from the module's ``example_input_array`` (not from a batch)."""
+        return self.source == EXAMPLE
 
     def __call__(self, model: Callable[..., Any]) -> Any:
         """``model(*args, **kwargs)``."""
@@ -170,10 +178,10 @@ def from_batch(batch: Any, forward: Callable[..., Any]) -> ModelInput | None:
 def from_example(example: Any) -> ModelInput:
     """``example_input_array`` as Lightning passes it: tuple/list positional, dict keyword, else one."""
     if isinstance(example, (tuple, list)):
-        return ModelInput(tuple(example), {}, "example_input_array")
+        return ModelInput(tuple(example), {}, EXAMPLE)
     if isinstance(example, Mapping):
-        return ModelInput((), dict(example), "example_input_array")
-    return ModelInput((example,), {}, "example_input_array")
+        return ModelInput((), dict(example), EXAMPLE)
+    return ModelInput((example,), {}, EXAMPLE)
 
 
 def example_of(module: nn.Module) -> ModelInput | None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from lightning_viz.core import sharding
 from lightning_viz.core.compiled import uncompiled
-from lightning_viz.core.hooks import is_metric
+from lightning_viz.core.hooks import is_metric, modes_kept
 from lightning_viz.core.model_input import ModelInput
 
 ColumnName = Literal["output_size", "num_params", "trainable", "mult_adds", "kernel_size", "input_size"]
@@ -113,20 +113,23 @@ def frozen_section(counts: ParamCounts, limit: int = FROZEN_LISTED) -> list[str]
 @contextmanager
 def restored(model: nn.Module) -> Iterator[None]:
     """Put back every module's train/eval flag and remove any forward hook added inside the block."""
-    modes = {m: m.training for m in model.modules()}
     before = {m: {d: set(getattr(m, d, {})) for d in _HOOK_DICTS} for m in model.modules()}
-    try:
-        yield
-    finally:
-        for m, flag in modes.items():
-            m.training = flag
-        for m in model.modules():
-            for d in _HOOK_DICTS:
-                hooks = getattr(m, d, None)
-                if hooks is None:
-                    continue
-                for key in set(hooks) - before.get(m, {}).get(d, set()):
-                    hooks.pop(key, None)
+    with modes_kept(model):
+        try:
+            yield
+        finally:
+            _remove_new_hooks(model, before)
+
+
+def _remove_new_hooks(model: nn.Module, before: dict[nn.Module, dict[str, set]]) -> None:
+    """Remove every forward hook that is not in ``before`` (module -> hook dict -> keys)."""
+    for m in model.modules():
+        for d in _HOOK_DICTS:
+            hooks = getattr(m, d, None)
+            if hooks is None:
+                continue
+            for key in set(hooks) - before.get(m, {}).get(d, set()):
+                hooks.pop(key, None)
 
 
 def _sizes(value: Any) -> Any:

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_viz.core.hooks import modes_kept
+
 
 def _activation_types() -> tuple[type[nn.Module], ...]:
     import torch.nn.modules.activation as act
@@ -326,14 +328,10 @@ def capture_passed(
     Call the tracker's ``finish()`` after the forward pass (it resolves the last layers with their own
     output); on an exception nothing more is reported and every hook is removed all the same.
     """
-    modes = {m: m.training for m in model.modules()}
     tracker = PassedTracker(model, modules, on_passed)
-    try:
-        tracker.attach()
-        if eval_mode:
-            model.eval()
-        yield tracker
-    finally:
-        tracker.detach()
-        for m, flag in modes.items():
-            m.training = flag
+    with modes_kept(model, eval_mode=eval_mode):
+        try:
+            tracker.attach()
+            yield tracker
+        finally:
+            tracker.detach()

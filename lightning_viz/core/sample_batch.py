@@ -71,8 +71,8 @@ def first_examples(loader: DataLoader, n: int, feed: Feed, *, argument: str) -> 
             return None
         parts.append(part)
         have += part.batch_size() or 1
-        if have >= n or part.source == "example_input_array":
+        if have >= n or part.is_example:
             break
-    if have < n and not (parts and parts[0].source == "example_input_array"):
+    if have < n and not (parts and parts[0].is_example):
         raise ValueError(f"`{argument}` is {n} but the dataset yields only {have}")
-    return parts[0] if parts[0].source == "example_input_array" else ModelInput.concat(parts)
+    return parts[0] if parts[0].is_example else ModelInput.concat(parts)
