@@ -37,11 +37,11 @@ from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_i
 from lightning_viz.core.distributed import Reduction
 from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.hooks import eager
-from lightning_viz.core.layer_names import match_layers, named_layers
+from lightning_viz.core.layer_names import default_layers, match_layers, named_layers
 from lightning_viz.core.model_input import ModelInput, example_of, feed_hint, model_input
 from lightning_viz.core.passed import Passed, capture_passed
 from lightning_viz.core.records import Reduced, Sums
-from lightning_viz.core.sample_batch import dataset_size, examples_at, first_examples, fit_loader
+from lightning_viz.core.sample_batch import examples_at, first_examples, sample_loader
 from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import VizWarning, rank_zero_warn, warn_once
 from lightning_viz.render.activations import render_activation_stats, render_feature_maps, render_heatmaps
@@ -49,7 +49,6 @@ from lightning_viz.render.activations import render_activation_stats, render_fea
 SampleFrom = Literal["val", "train"]
 ChannelOrder = Literal["mean_activation", "first", "variance"]
 ColorScale = Literal["absolute", "per_map"]
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 STATE_KEYS = ("sample_indices", "history", "last_step")
 REDUCTIONS: dict[str, Reduction] = {"sums": "sum"}  # each layer's activation sums, added over ranks
 
@@ -203,9 +202,7 @@ class ActivationMapCallback(VizCallback):
         if self.layers is not None:
             self.layer_names = list(match_layers(named, self.layers, argument="layers"))
             return
-        unused = {id(m.out_proj) for m in named.values() if isinstance(m, nn.MultiheadAttention)}
-        convs = [n for n, m in named.items() if isinstance(m, CONV_TYPES)]
-        linears = [n for n, m in named.items() if isinstance(m, nn.Linear) and id(m) not in unused]
+        convs, linears = default_layers(named)
         self.layer_names = convs or linears
         if not convs and linears:  # worth a line, nothing for the user to fix
             rank_zero_info(
@@ -221,25 +218,11 @@ class ActivationMapCallback(VizCallback):
 
     def _find_dataset(self, trainer: Trainer) -> None:
         """Pick the sample's dataloader and check ``sample_size`` against its dataset (raises ValueError)."""
-        loader, which = fit_loader(trainer, self.sample_from)
+        self._loader, which, self.sample_indices = sample_loader(
+            trainer, self.sample_from, self.sample_size, self.sample_indices
+        )
         if self.sample_from == "val" and which == "train":
             rank_zero_info("ActivationMapCallback: no validation dataloader; the sample comes from `train`.")
-        if loader is None:
-            raise ValueError(
-                f"ActivationMapCallback found no dataloader for `sample_from`={self.sample_from!r}"
-            )
-        self._loader = loader
-        size = dataset_size(loader)
-        if size is None:
-            self.sample_indices = None  # its first examples in iteration order; checked at the first capture
-            return
-        if self.sample_size > size:
-            raise ValueError(
-                f"`sample_size` is {self.sample_size} but the {which} dataset has only {size} examples; "
-                f"use `sample_size` <= {size}"
-            )
-        if self.sample_indices is None or len(self.sample_indices) != self.sample_size:
-            self.sample_indices = list(range(self.sample_size))
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Strategies may replace modules after setup (SyncBatchNorm) or create them (configure_model).

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -39,7 +39,7 @@ from lightning_viz.core.health_capture import (
 )
 from lightning_viz.core.health_checks import Thresholds, record_entries
 from lightning_viz.core.health_ledger import HealthLedger
-from lightning_viz.core.health_rules import Finding
+from lightning_viz.core.health_rules import CHECKS, Check, Finding
 from lightning_viz.core.optimizers import trained_now
 from lightning_viz.core.passed import ACTIVATION_TYPES
 from lightning_viz.core.records import Reduced, Sums, Tensors
@@ -47,17 +47,6 @@ from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import VizWarning
 from lightning_viz.render.health import render_health
 
-Check = Literal[
-    "dead_units",
-    "saturation",
-    "vanishing_gradients",
-    "exploding_gradients",
-    "update_ratio",
-    "nonfinite",
-    "loss_spike",
-    "loss_plateau",
-]
-CHECKS: tuple[str, ...] = Check.__args__  # type: ignore[attr-defined]
 ACTIVATION_NAMES = frozenset(t.__name__ for t in ACTIVATION_TYPES)
 
 

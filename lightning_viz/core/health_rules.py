@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,18 @@ from lightning_viz.core.health_checks import (
     plateau_improvement,
 )
 
+# the checks a user can choose (`checks`); each finding's check is one of PATHOLOGY's keys
+Check = Literal[
+    "dead_units",
+    "saturation",
+    "vanishing_gradients",
+    "exploding_gradients",
+    "update_ratio",
+    "nonfinite",
+    "loss_spike",
+    "loss_plateau",
+]
+CHECKS: tuple[str, ...] = Check.__args__  # type: ignore[attr-defined]
 PATHOLOGY = {
     "dead_units": "dead units",
     "saturation": "saturated units",

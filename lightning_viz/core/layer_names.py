@@ -28,6 +28,19 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def default_layers(named: Mapping[str, nn.Module]) -> tuple[list[str], list[str]]:
+    """The layers captured when the user names none: the convolutions (``Conv1d``-``3d``,
+    ``ConvTranspose1d``-``3d``), and the Linear layers (except MultiheadAttention's ``out_proj``, which
+    its attention calls functionally), by name in model order."""
+    unused = {id(m.out_proj) for m in named.values() if isinstance(m, nn.MultiheadAttention)}
+    convs = [n for n, m in named.items() if isinstance(m, CONV_TYPES)]
+    linears = [n for n, m in named.items() if isinstance(m, nn.Linear) and id(m) not in unused]
+    return convs, linears
+
+
 class _Named:
     """``named_modules()`` over clean names, for :func:`match_modules`."""
 

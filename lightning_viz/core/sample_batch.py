@@ -76,3 +76,31 @@ def first_examples(loader: DataLoader, n: int, feed: Feed, *, argument: str) -> 
     if have < n and not (parts and parts[0].is_example):
         raise ValueError(f"`{argument}` is {n} but the dataset yields only {have}")
     return parts[0] if parts[0].is_example else ModelInput.concat(parts)
+
+
+def sample_loader(
+    trainer: Trainer, sample_from: Literal["val", "train"], sample_size: int, indices: list[int] | None
+) -> tuple[DataLoader, str, list[int] | None]:
+    """The dataloader a fixed sample of ``sample_size`` examples comes from, which data it is, and the
+    examples' indices: ``indices`` kept when they fit (a resumed run), else the first ``sample_size``;
+    ``None`` for an iterable dataset (its first examples, checked at the first capture).
+
+    Raises:
+        ValueError: no dataloader, or ``sample_size`` is larger than the dataset (naming the argument).
+    """
+    loader, which = fit_loader(trainer, sample_from)
+    if loader is None:
+        raise ValueError(
+            f"`sample_from` is {sample_from!r} but the fit has no dataloader to take the sample from"
+        )
+    size = dataset_size(loader)
+    if size is None:
+        return loader, which, None
+    if sample_size > size:
+        raise ValueError(
+            f"`sample_size` is {sample_size} but the {which} dataset has only {size} examples; "
+            f"use `sample_size` <= {size}"
+        )
+    if indices is None or len(indices) != sample_size:
+        indices = list(range(sample_size))
+    return loader, which, indices
