@@ -13,7 +13,7 @@ data file                                  render function                      
 ``gradients_...``)
 ``maps_stepN.npz``                         ``render.activations.render_feature_maps``  same stem ``.png``
 ``heatmaps_stepN.json``                    ``render.activations.render_heatmaps``      same stem ``.png``
-``stats.json`` (activation statistics)     ``render.activations.render_activation_stats``  ``stats.png``
+``stats.json`` (activation statistics)     ``render.activation_stats.render_activation_stats``  ``stats.png``
 ``curves.json``                            ``render.curves.render_curves``             ``curves_epochNNN.png``
                                                                                        (its ``figure`` key) and
                                                                                        the earlier epochs'
@@ -77,7 +77,7 @@ _JSON: dict[str, Callable[[Mapping[str, Any], str], tuple[Any, str] | None]] = {
     "lightning_viz.render.activations:render_heatmaps": lambda d, n: (
         (d, n) if isinstance(d.get("layers"), list) else None
     ),
-    "lightning_viz.render.activations:render_activation_stats": lambda d, n: (
+    "lightning_viz.render.activation_stats:render_activation_stats": lambda d, n: (
         (d, n) if _is_activation_stats(d) else None
     ),
     "lightning_viz.render.health:render_health": lambda d, n: (

@@ -44,7 +44,8 @@ from lightning_viz.core.records import Reduced, Sums
 from lightning_viz.core.sample_batch import examples_at, first_examples, sample_loader
 from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import VizWarning, rank_zero_warn, warn_once
-from lightning_viz.render.activations import render_activation_stats, render_feature_maps, render_heatmaps
+from lightning_viz.render.activation_stats import render_activation_stats
+from lightning_viz.render.activations import render_feature_maps, render_heatmaps
 
 SampleFrom = Literal["val", "train"]
 ChannelOrder = Literal["mean_activation", "first", "variance"]
@@ -125,7 +126,7 @@ class ActivationMapCallback(VizCallback):
         FigureSpec(
             "stats",
             "Activation statistics over training",
-            "lightning_viz.render.activations:render_activation_stats",
+            "lightning_viz.render.activation_stats:render_activation_stats",
             "stats.json",
             cumulative=True,
             latest_only=True,

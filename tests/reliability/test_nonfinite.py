@@ -14,7 +14,8 @@ from lightning_viz.callbacks.activation_map import ActivationMapCallback
 from lightning_viz.callbacks.weight_histogram import WeightHistogramCallback
 from lightning_viz.core.warn import VizWarning
 from lightning_viz.render import close_figure
-from lightning_viz.render.activations import render_activation_stats, render_feature_maps
+from lightning_viz.render.activation_stats import render_activation_stats
+from lightning_viz.render.activations import render_feature_maps
 from tests.helpers import RandomImages, TinyCNN, make_trainer, read_events
 
 

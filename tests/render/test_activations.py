@@ -9,10 +9,10 @@ import pytest
 from matplotlib.figure import Figure
 
 from lightning_viz.render import close_figure
+from lightning_viz.render.activation_stats import render_activation_stats
 from lightning_viz.render.activations import (
     PAD_VALUE,
     feature_grid,
-    render_activation_stats,
     render_feature_maps,
     render_heatmaps,
 )

@@ -18,7 +18,8 @@ from PIL import Image
 from lightning_viz.render import close_figure
 from lightning_viz.render._figure import png_bytes, to_rgba
 from lightning_viz.render._layout import PlainLogFormatter
-from lightning_viz.render.activations import render_activation_stats, render_feature_maps, render_heatmaps
+from lightning_viz.render.activation_stats import render_activation_stats
+from lightning_viz.render.activations import render_feature_maps, render_heatmaps
 from lightning_viz.render.curves import render_curves
 from lightning_viz.render.health import render_health
 from lightning_viz.render.histograms import render_evolution
