@@ -30,7 +30,11 @@ def _empty(ax: Axes, title: str, note: str) -> None:
 
 
 def _note(ax: Axes, text: str) -> None:
-    ax.text(0.01, 0.98, text, transform=ax.transAxes, fontsize=7, va="top", color="grey")
+    # on a white ground: it sits over the threshold lines and bars
+    box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5}
+    ax.text(
+        0.01, 0.98, text, transform=ax.transAxes, fontsize=7, va="top", color="dimgrey", bbox=box, zorder=5
+    )
 
 
 def _bars(
