@@ -13,6 +13,7 @@ TARGETS = {
     "hist_speedup_vs_wandb": (">=", 2.0),
     "figure_latency_s": ("<=", 10.0),  # a core left for the rest; see "Pictures while training runs"
     "figure_latency_all_busy_s": ("<=", 10.0),  # every core trains
+    "quickstart_whole_ratio": ("<=", 1.5),  # whole processes; see "The quickstart as a newcomer runs it"
     "rss_growth_mb_per_1000_steps": ("<", 1.0),
     "open_figures_at_end": ("==", 0),
 }
@@ -272,6 +273,10 @@ def write_results_md(folder: Path) -> Path:
             lines += _overhead_section(cpu["overhead_core_free"])
         if "latency" in cpu:
             lines += _latency_section(cpu["latency"])
+        if "quickstart" in cpu:
+            from benchmarks.quickstart import section
+
+            lines += section(cpu["quickstart"])
         if "histograms" in cpu:
             lines += [
                 "## resnet50: weight + gradient histograms per logging step",

@@ -5,6 +5,7 @@ Usage::
     python -m benchmarks.run                 # everything; writes benchmarks/RESULTS.md and results.json
     python -m benchmarks.run --quick         # a smoke run (minutes less; numbers not meaningful)
     python -m benchmarks.run --parts latency --merge   # figure_latency_s only, into the existing results
+    python -m benchmarks.run --parts quickstart --merge --no-wandb   # quickstart_whole_ratio only
     python -m benchmarks.run --device cuda --parts resnet,hist --out /tmp/gpu   # GPU rows (results_gpu.json)
 
 Arms are trained in one process, interleaved (the order rotates every round) and repeated; medians are
@@ -27,7 +28,17 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("histograms", "drawing", "overhead", "overhead_core_free", "latency", "cnn", "resnet50", "soak")
+PARTS = (
+    "histograms",
+    "drawing",
+    "overhead",
+    "overhead_core_free",
+    "latency",
+    "quickstart",
+    "cnn",
+    "resnet50",
+    "soak",
+)
 
 
 def _quiet() -> None:
@@ -370,7 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
-    p.add_argument("--parts", default="overhead,overhead_core_free,latency,cnn,resnet,hist,drawing,soak")
+    p.add_argument(
+        "--parts", default="overhead,overhead_core_free,latency,quickstart,cnn,resnet,hist,drawing,soak"
+    )
+    p.add_argument("--quickstart-rounds", type=int, default=3)
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers not meaningful")
     p.add_argument("--cnn-train", type=int, default=16384)
@@ -409,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         args.overhead_rounds, args.overhead_epochs, args.overhead_aa_rounds = 2, 4, 1
         args.soak_train = 1024
         args.latency_rounds, args.latency_epochs = 1, 6
+        args.quickstart_rounds = 1
     _quiet()
     import torch
 
@@ -448,6 +463,11 @@ def main(argv: list[str] | None = None) -> None:
 
         print("figure latency, with a core left free and with every core training ...", flush=True)
         res["latency"] = run_latency(args)
+    if "quickstart" in parts and args.device == "cpu":
+        from benchmarks.quickstart import run_quickstart
+
+        print("the quickstart command, whole processes, with and without the callbacks ...", flush=True)
+        res["quickstart"] = run_quickstart(args.quickstart_rounds)
     if with_wandb:
         import wandb
 
@@ -524,6 +544,8 @@ def main(argv: list[str] | None = None) -> None:
     if "latency" in res:
         headline["figure_latency_s"] = res["latency"]["core_free"]["figure_latency_s"]
         headline["figure_latency_all_busy_s"] = res["latency"]["all_busy"]["figure_latency_s"]
+    if "quickstart" in res:
+        headline["quickstart_whole_ratio"] = res["quickstart"]["whole_ratio"]
     if "cnn" in res:
         suite = next(r for r in res["cnn"]["arms"] if r["arm"] == "full suite (defaults)")
         headline.setdefault("suite_overhead_ratio", suite["steady_ratio"])

@@ -142,6 +142,19 @@ def perf_summary(r: dict[str, Any]) -> str:
         f"settings take a steady-state training step of the example CNN to {r['suite_overhead_ratio']:.3f}{X} "
         f"its time without them (median of {o['rounds']} rounds), and memory grows by "
         f"{r['rss_growth_mb_per_1000_steps']:.2f} MB per 1000 steps over a {r['soak']['steps']}-step run."
+        + _quickstart_sentence(r)
+    )
+
+
+def _quickstart_sentence(r: dict[str, Any]) -> str:
+    q = r.get("quickstart")
+    if not q:
+        return ""
+    m = q["median"]
+    return (
+        f" The quickstart command as a newcomer runs it takes {q['whole_ratio']:.2f}{X} the wall time of the "
+        f"same command without callbacks ({m['suite']['wall_s']:.1f} s against {m['no_callbacks']['wall_s']:.1f} s, "
+        f"whole processes, median of {q['rounds']} rounds; target {_target('quickstart_whole_ratio')})."
     )
 
 
