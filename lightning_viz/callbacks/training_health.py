@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from torch import nn
 
 from lightning_viz.core import distributed, lightning_state, precision, sharding, stats
 from lightning_viz.core.base import VizCallback, WhenFull, step_stem
@@ -127,7 +126,6 @@ class TrainingHealthCallback(VizCallback):
         self.nonfinite_every_step = nonfinite_every_step
         self.ledger = HealthLedger(self.thresholds, self.checks, monitor)  # the findings and what they need
         # the capture of the examination in progress (the same on every rank)
-        self._watch: dict[str, nn.Module] = {}
         self._own_histograms = True
         self._manual = False
         self._hooked = False  # hooks were armed for the examination in progress
@@ -175,8 +173,7 @@ class TrainingHealthCallback(VizCallback):
             "histograms" in cb.records() and cb.schedule.covers(self.schedule, trainer) for cb in others
         )
         self._sums = ForwardSums.of_model(pl_module, self.thresholds.saturation_level)
-        self._watch = self._sums.watch
-        if not (self.activation_hooks and self._watch) and "activation_stats" not in declared:
+        if not (self.activation_hooks and self._sums.watch) and "activation_stats" not in declared:
             self.ledger.no_activations(
                 "`activation_hooks` is off and no ActivationMapCallback is in the trainer"
                 if not self.activation_hooks
@@ -204,7 +201,7 @@ class TrainingHealthCallback(VizCallback):
         self._sums.take()  # nothing measured before this step counts
         if (
             self.activation_hooks
-            and self._watch
+            and self._sums.watch
             and {"dead_units", "saturation", "nonfinite"} & set(self.checks)
         ):
             self._hooked = True
@@ -302,7 +299,7 @@ class TrainingHealthCallback(VizCallback):
         if step is None and not self._losses.pending:
             return None
         acc, meta = self._sums.take()
-        names = list(self._watch) if self._hooked and step is not None else []
+        names = list(self._sums.watch) if self._hooked and step is not None else []
         self._step, self._hooked = None, False
         at = step if step is not None else trainer.global_step
         return examination_record(at, names, acc, meta, self._updates, self._losses)

@@ -10,7 +10,7 @@ probes an output directory once, before training, instead of failing per file.
 Not written here, and not replaced whole: ``statistics.csv``, to which
 :class:`~lightning_viz.core.sinks.CSVSink` appends rows, and the YAML file ``lightning-viz configs copy``
 copies; both use a plain ``open``, which honours the umask too. The background writer's spill files
-(:class:`~lightning_viz.core.writer.DiskBacked`) are private temporary files, not output.
+(:class:`~lightning_viz.core.spill.DiskBacked`) are private temporary files, not output.
 """
 
 from __future__ import annotations
