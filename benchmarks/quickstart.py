@@ -32,7 +32,7 @@ def _run(args: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="lvbench-quickstart-") as cwd:
         t0 = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "lightning_viz.cli", *args],
+            [sys.executable, "-m", "lightning_viz", *args],
             cwd=cwd,
             env=env,
             capture_output=True,

@@ -157,7 +157,22 @@ class VizCLI(LightningCLI):
                     + " (--viz_defaults=false turns them off)",
                     flush=True,
                 )
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        self._prepare_renderer(trainer)
+        return trainer
+
+    @staticmethod
+    def _prepare_renderer(trainer: Trainer) -> None:
+        """Ask the render process (started before Lightning was imported, see :mod:`lightning_viz.command`)
+        for the modules the configured callbacks' figures need, now, while the run is still being built;
+        stop it when no lightning-viz callback is on."""
+        from lightning_viz.core import renderer
+
+        ours = [cb for cb in trainer.callbacks if isinstance(cb, VizCallback)]  # type: ignore[attr-defined]
+        if not ours:
+            renderer.stop_renderer()
+        elif distributed.is_emitter():
+            renderer.get_renderer().start(preload=sorted({m for cb in ours for m in cb.render_modules}))
 
     def _check_models(self) -> None:
         """The callbacks' checks that need only the model, before any run directory is made."""

@@ -60,6 +60,7 @@ class MetricPlotCallback(VizCallback):
 
     viz_name = "metric_plot"
     section_title, report_rank = "Metric plots", 5
+    render_modules = ("lightning_viz.render.metrics", "torchmetrics")  # each metric draws with its own .plot
     # one series per metric, named after it: <name>_epochNNN (the report heads it with the metric's class)
     figures = (FigureSpec("*", "", "lightning_viz.render.metrics:render_metric", "*_epoch*.npz"),)
 

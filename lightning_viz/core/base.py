@@ -75,6 +75,9 @@ class VizCallback(Callback):
     section_title: ClassVar[str] = ""
     report_rank: ClassVar[int] = 100
     captures: ClassVar[str] = "capture"  # what its capture is called in a warning
+    render_modules: ClassVar[
+        tuple[str, ...]
+    ] = ()  # what its render functions import beyond lightning_viz.render
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -206,7 +209,7 @@ class VizCallback(Callback):
         # An unwritable output directory drops the file sink (one warning); the loggers still receive.
         self._sinks = drop_unwritable_files(self._sinks, self.viz_dir, type(self).__name__)
         if self._sinks:  # figures will be drawn here: let the render process load matplotlib now
-            renderer.get_renderer().start()
+            renderer.get_renderer().start(preload=self.render_modules)
             pacing.DrawingPacer.attach(trainer)  # cumulative figures while every core trains
         try:
             self.check_setup(trainer, pl_module, stage)
@@ -309,10 +312,13 @@ class VizCallback(Callback):
         stem: str,
         step: int,
         save_data: Any = None,
-        cumulative: bool | None = None,
     ) -> None:
         """Draw ``render(data)`` in the render process (see :mod:`~lightning_viz.core.renderer`), off the
         training thread, and hand the picture to every sink (rank zero only).
+
+        The figures of one ``tag`` are a series: drawn at most once per redraw interval and at fit end, a
+        newer one taking the place of one still waiting (see :mod:`~lightning_viz.core.writer`); the data
+        of every one is saved, and ``lightning-viz render`` draws those that were not.
 
         Args:
             render: pure function from plain data to a Figure.
@@ -321,18 +327,9 @@ class VizCallback(Callback):
             stem: file stem under the output directory.
             step: global step for loggers.
             save_data: what to save beside the PNG (defaults to ``data``); ``False`` saves nothing.
-            cumulative: the figure shows everything so far, so a newer one with the same tag may take the
-                place of this one while it still waits to be drawn and drawing is behind (see
-                :mod:`~lightning_viz.core.writer`); its data is saved either way. Default: as declared in
-                the callback's ``figures`` for this stem.
         """
         if not self.emitting(trainer):
             return
-        if cumulative is None:
-            try:
-                cumulative = self.figure_spec(stem).cumulative
-            except LookupError:  # a figure its class does not declare: a snapshot
-                cumulative = False
         sinks = list(self._sinks)
         owner = type(self).__name__
         payload = data if save_data is None else save_data
@@ -348,7 +345,7 @@ class VizCallback(Callback):
 
         # (render, data) may wait on disk while drawing is behind: see lightning_viz.core.writer
         job = writer.DiskBacked((render, data), draw)
-        self._submit(stem, job, "render", key=(id(self), tag) if cumulative else None)
+        self._submit(stem, job, "render", key=(id(self), tag))
 
     def emit_histograms(
         self,

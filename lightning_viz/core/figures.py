@@ -29,8 +29,10 @@ class FigureSpec:
         title: the heading of the series in the report.
         render: the pure render function, as ``"module:function"``.
         data: a glob of the data file's name beside the PNG (``"maps_step*.npz"``, ``"curves.json"``).
-        cumulative: a newer figure shows everything an older one does: it may take the older one's place
-            while that still waits to be drawn (``VizCallback.emit_figure``).
+        cumulative: a newer figure shows everything an older one does (curves, evolution, statistics), so
+            the latest one alone tells the whole story; other series are snapshots (one per epoch). Either
+            kind is drawn at most once per redraw interval, a newer figure taking a waiting one's place
+            (``VizCallback.emit_figure``).
         latest_only: the report shows the latest frame alone (it already shows the whole history), not a
             slider over the frames.
     """

@@ -1,16 +1,18 @@
-"""Cumulative figures while every core trains: the training thread waits for a late one, a bounded share.
+"""Figures while every core trains: the training thread waits for a late one, a bounded share.
 
 The render process runs at ``nice`` 19 and ``SCHED_IDLE`` (:mod:`lightning_viz.core.renderer`), so that it
 never takes a time slice from training; when every core trains it gets no CPU at all, and a process that is
 not root cannot raise its priority again (Linux allows leaving ``SCHED_IDLE`` only within ``RLIMIT_NICE``,
 which is 0 by default). So on rank zero, at every batch boundary (training and validation), :class:`Pacer`
-asks the render queue whether a cumulative figure is *late*: due for ``LATE_AFTER_S`` (1 s) while the render
+asks the render queue whether a figure is *late*: due for ``LATE_AFTER_S`` (1 s) while the render
 process used less than half a core (:meth:`~lightning_viz.core.writer.BackgroundWriter.late`). If so the
 training thread waits for the figures due by then: the cores go idle and the render process draws on one of
 them. One wait lasts at most ``WAIT_AT_MOST_S`` (2 s; under DDP the other ranks wait no longer than that in
 their next collective, and no rank but zero ever waits), and all the waits together at most ``WAIT_SHARE``
 (25%) of the training's own time, a budget that fills as training runs; ``LIGHTNING_VIZ_WAIT_SHARE`` sets
-it, and 0 turns waiting off. With a core left for the rest nothing is late and training never waits.
+it, and 0 turns waiting off. With a core left for the rest nothing is late and training never waits. Nor
+does it wait when, at its pace so far, training ends within the redraw interval (:meth:`Pacer.ends_soon`):
+the fit-end flush draws the latest figures then, and a short run pays for each figure once.
 
 An epoch's cumulative figures are then on disk within about the redraw interval
 (:data:`~lightning_viz.core.writer.REDRAW_EVERY_S`, 6 s) plus their drawing time after the epoch ends, or
@@ -20,13 +22,14 @@ up (:meth:`Pacer.summary`), only when figures were replaced, waited on disk, or 
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_viz.core import settings, writer
+from lightning_viz.core import renderer, settings, writer
 
 WAIT_AT_MOST_S = 2.0  # one wait of the training thread at a batch boundary
 WAIT_SHARE = 0.25  # all the waits together, as a share of the training's own time
@@ -66,6 +69,23 @@ class Pacer:
         self._mark: tuple[float, float] | None = None  # (time, render CPU seconds) while a figure is late
         w = writer._writers.get("render")
         self._counts = {k: getattr(w, k, 0) for k in ("completed", "superseded", "spilled")}
+        self.soon_s = settings.redraw_every_s()
+        self._total: float | None = None  # optimizer steps the fit will take, when known
+        self._from: tuple[int, float] = (0, self.started)  # (step, time) training started at
+
+    def plan(self, total_steps: float, step: int) -> None:
+        """Training starts at ``step`` and runs ``total_steps`` optimizer steps in all (``inf``: unknown)."""
+        self._total = float(total_steps) if math.isfinite(total_steps) and total_steps > 0 else None
+        self._from = (step, time.monotonic())
+
+    def ends_soon(self, step: int, now: float) -> bool:
+        """Training will end within the redraw interval at its pace so far: the fit-end flush draws the late
+        figures then, and newer versions of them will have taken their place; waiting now would only
+        draw a version that is about to be replaced."""
+        start_step, start = self._from
+        if self._total is None or step <= start_step:
+            return False
+        return (self._total - step) * (now - start) / (step - start_step) < self.soon_s
 
     def _starved(self, w: writer.BackgroundWriter, now: float) -> bool:
         """Whether the render process got (almost) no CPU over the last ``LATE_AFTER_S`` of training; the
@@ -82,7 +102,7 @@ class Pacer:
         self._mark = (now, cpu)
         return (cpu - mark[1]) / (now - mark[0]) < STARVED_BELOW
 
-    def batch_boundary(self) -> None:
+    def batch_boundary(self, step: int = 0) -> None:
         w = writer._writers.get("render")
         if w is None:
             return
@@ -94,6 +114,8 @@ class Pacer:
             self._mark = None
             return
         if not self._starved(w, now) or self.budget < min(MIN_WAIT_S, WAIT_AT_MOST_S):
+            return
+        if self.ends_soon(step, now):
             return
         waited = w.wait_late(self.budget)
         self.budget -= waited
@@ -147,11 +169,15 @@ class DrawingPacer(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.pacer.reset()
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        renderer.get_renderer().demote()  # from now on it must not take a time slice from training
+        self.pacer.plan(trainer.estimated_stepping_batches, trainer.global_step)
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self.pacer.batch_boundary()
+        self.pacer.batch_boundary(trainer.global_step)
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self.pacer.batch_boundary()
+        self.pacer.batch_boundary(trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         writer.flush()

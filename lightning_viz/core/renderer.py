@@ -29,7 +29,8 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -90,18 +91,22 @@ class RenderProcess:
         self.broken: str | None = None  # why drawing fell back to the thread for good
         self.drawn_in_process = 0
         self.drawn_in_thread = 0
+        self._preloaded: set[str] = set()  # modules the child was asked to import
+        self.costs: dict[
+            str, list[float]
+        ] = {}  # render function -> [figures drawn, CPU seconds drawing them]
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    def _start(self) -> subprocess.Popen[bytes]:
+    def _start(self, preload: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         # the child imports what the parent can (render functions are pickled by module and name)
         env["PYTHONPATH"] = os.pathsep.join(p if p else os.getcwd() for p in sys.path)
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
         return subprocess.Popen(
-            [sys.executable, "-m", "lightning_viz.core.renderer"],
+            [sys.executable, "-m", "lightning_viz.core.renderer", *preload],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -119,19 +124,48 @@ class RenderProcess:
             "thread of the training process from now on. Training continues.",
         )
 
-    def start(self) -> None:
+    def start(self, preload: Sequence[str] = ()) -> None:
         """Start the child now, if figures are to be drawn in it, so that it loads matplotlib and the
         render functions before training takes the CPU (it does so at normal priority, then drops to
         the lowest priority, see :func:`_lowest_priority`). Callbacks call this in ``setup``; otherwise the
-        child starts on the first figure."""
-        with self._lock:
-            if self._proc is None and self.broken is None and mode() == "process":
-                self._ensure_started()
+        child starts on the first figure. The ``lightning-viz`` command calls it before it imports
+        Lightning (:mod:`lightning_viz.command`), so that both import side by side.
 
-    def _ensure_started(self) -> bool:
+        Args:
+            preload: modules the child imports too, at start-up (a child already running imports them
+                when it reads the request, at its low priority): what some render function needs, such as
+                ``torchmetrics`` for :mod:`lightning_viz.render.metrics`.
+        """
+        with self._lock:
+            if self.broken is not None or mode() != "process":
+                return
+            wanted = [m for m in preload if m not in self._preloaded]
+            self._preloaded.update(wanted)
+            if self._proc is None:
+                self._ensure_started(wanted)
+            elif wanted:
+                self._call(pickle.dumps(("preload", wanted)))
+
+    def demote(self) -> None:
+        """Drop the child to the lowest priority now (:func:`_lowest_priority`), from this process: when
+        training starts, while it may still be importing a preload at normal priority. Its first figure
+        does the same from inside."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
+        except (AttributeError, OSError):
+            pass
+        try:
+            os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
+            pass
+
+    def _ensure_started(self, preload: Sequence[str] = ()) -> bool:
         if self._proc is None:
             try:
-                self._proc = self._start()
+                self._proc = self._start(preload)
             except OSError as err:
                 self._fail(f"could not start: {err!r}")
                 return False
@@ -172,12 +206,23 @@ class RenderProcess:
                 reply = self._call(request) if request is not None else None
                 if reply is not None and reply[0] == "ok":
                     self.drawn_in_process += 1
+                    self._count(render, reply[3])
                     return reply[1], reply[2]
                 if reply is not None and reply[0] == "error":
                     raise RuntimeError(f"{reply[1]} in the rendering process: {reply[2]}\n{reply[3]}")
                 # "load_error" (the child cannot import the function) or the child is gone: draw here
             self.drawn_in_thread += 1
-        return draw(render, data)
+        start = time.thread_time()
+        rendered = draw(render, data)
+        self._count(render, time.thread_time() - start)
+        return rendered
+
+    def _count(self, render: Callable[[Any], Any], cpu_s: float) -> None:
+        """Add one drawing of ``render`` and its CPU seconds to :attr:`costs` (``make bench`` reads them)."""
+        name = f"{getattr(render, '__module__', '?')}.{getattr(render, '__qualname__', repr(render))}"
+        entry = self.costs.setdefault(name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += cpu_s
 
     def cpu_seconds(self) -> float | None:
         """CPU time the child has used so far (user and system, from ``/proc``), or None where unknown.
@@ -206,6 +251,7 @@ class RenderProcess:
     def close(self) -> None:
         """Stop the child (it also stops by itself when this process's end of the pipe closes)."""
         proc, self._proc = self._proc, None
+        self._preloaded.clear()
         if proc is None:
             return
         try:
@@ -234,6 +280,13 @@ def get_renderer() -> RenderProcess:
             _process = RenderProcess()
             atexit.register(_shutdown)
         return _process
+
+
+def stop_renderer() -> None:
+    """Stop the render process if one runs (a later figure starts it again)."""
+    with _process_lock:
+        if _process is not None:
+            _process.close()
 
 
 def _shutdown() -> None:
@@ -268,23 +321,53 @@ def _child_stats() -> dict[str, Any]:
         "warmed_up": "lightning_viz.render.histograms" in sys.modules,
         "sched_idle": hasattr(os, "SCHED_IDLE") and os.sched_getscheduler(0) == os.SCHED_IDLE,
         "nice": os.nice(0) if hasattr(os, "nice") else None,
+        "preloaded": list(_preloaded),
     }
 
 
-def _warm_up() -> None:
-    """Load matplotlib, the render functions and a font, and draw once: the child's one-off start-up work,
-    done before it lowers its priority (at ``nice`` 19 on a busy machine it could take minutes)."""
+def _warm_up(preload: Sequence[str] = ()) -> None:
+    """Load matplotlib, the render functions, the ``preload`` modules and a font, and draw once: the child's
+    one-off start-up work, done before it lowers its priority (at ``nice`` 19 on a busy machine it could
+    take minutes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from lightning_viz.render import _figure, activations, curves, health, histograms, summary  # noqa: F401
 
+    _import(preload)
     fig = _figure.new_figure(1.0, 0.5, layout=None)
     try:
         fig.text(0.1, 0.5, "warm-up 0.1", fontsize=8)
         _figure.to_rgba(fig)
     finally:
         _figure.close_figure(fig)
+
+
+_preloaded: list[str] = []  # in the child: the preload modules it imported
+
+
+def _import(modules: Sequence[str]) -> None:
+    """Import each module; one that fails is left for the figure that needs it to report."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            continue
+        _preloaded.append(name)
+
+
+def _freeze() -> None:
+    """Collect, then move every object alive now out of the collector's view (``gc.freeze``).
+
+    A figure is a web of reference cycles, so the child collects after each one; a full collection also
+    walks every object of the loaded libraries (torch alone has hundreds of thousands), which took longer
+    than drawing the figure. The modules and their caches live as long as the child, so they are frozen
+    after start-up and whenever a figure imported more; each collection then walks one figure's objects.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _lowest_priority() -> None:
@@ -314,22 +397,25 @@ def _malloc_trim() -> Callable[[], Any]:
 
 
 def _child_main() -> None:
-    """Serve render requests from stdin until it closes; replies go to the original stdout only."""
+    """Serve render requests from stdin until it closes; replies go to the original stdout only. The
+    arguments name modules to import at start-up (:meth:`RenderProcess.start`'s ``preload``)."""
     with os.fdopen(os.dup(1), "wb") as out:  # closed at the end (no ResourceWarning at exit)
-        _serve(out)
+        _serve(out, sys.argv[1:])
 
 
-def _serve(out: IO[bytes]) -> None:
+def _serve(out: IO[bytes], preload: Sequence[str] = ()) -> None:
     os.dup2(2, 1)  # anything a render function prints goes to stderr, not into the replies
     sys.stdout = sys.stderr
     try:
-        _warm_up()
+        _warm_up(preload)
     except Exception:  # a failure here shows again, with its reason, on the first real figure
         pass
-    _lowest_priority()
+    _freeze()
+    lowered = False  # the priority drops at the first figure: preloads before it run at normal priority
     import traceback
 
     trim = _malloc_trim()
+    modules = len(sys.modules)
     inp = sys.stdin.buffer
     while True:
         frame = _receive(inp)
@@ -342,17 +428,29 @@ def _serve(out: IO[bytes]) -> None:
         else:
             if request[0] == "stats":
                 reply = ("stats", _child_stats())
+            elif request[0] == "preload":  # answered first: the parent goes on while this imports
+                _send(out, pickle.dumps(("preloading",)))
+                _import(request[1])
+                continue
             else:
+                if not lowered:
+                    _lowest_priority()
+                    lowered = True
                 try:
+                    start = time.process_time()
                     rgba, png = draw(request[1], request[2])
-                    reply = ("ok", rgba, png)
+                    reply = ("ok", rgba, png, time.process_time() - start)
                 except Exception as err:
                     reply = ("error", type(err).__name__, str(err), traceback.format_exc(limit=8))
         _send(out, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
         del reply, frame
         # A figure is a web of reference cycles, and a big one leaves freed heap that glibc keeps: collect
         # and hand it back, so the child's memory follows the figure in hand, not the largest ever drawn.
-        gc.collect()
+        if len(sys.modules) != modules:  # the figure imported more (a torchmetrics plot): freeze those too
+            _freeze()
+            modules = len(sys.modules)
+        else:
+            gc.collect()
         trim()
 
 

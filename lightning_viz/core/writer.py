@@ -6,22 +6,25 @@ drawn by the render process, :mod:`lightning_viz.core.renderer`), and everything
 "io" queue, on one thread so that no sink is ever called from two threads. The queues are flushed at fit
 end, when training raises, and at interpreter exit, so no picture is lost.
 
-**Pictures while training runs.** A figure that shows everything so far (learning curves, the weight and
-gradient evolution, activation statistics, the health figure) is *cumulative*: it is submitted with a key
-and waits in its key's line, not in the queue, and the render thread draws a due cumulative figure before
-the next snapshot. They are redrawn in rounds, each figure at most once a round and rounds at least
-``REDRAW_EVERY_S`` seconds apart (6 s; the environment variable ``LIGHTNING_VIZ_REDRAW_S`` sets it), and at
-fit end, so drawing takes a bounded share of a core however short the epochs are; a newer version that
-arrives while the older one waits for its round takes its place. With a core left for the rest (training on
-a GPU, or on all cores but one) the render process draws there, and an epoch's cumulative figures are on
-disk a few seconds after it ends. When every core trains, the render process (``SCHED_IDLE``) gets no CPU;
-:mod:`lightning_viz.core.pacing` then has the training thread wait for a figure that is
-:meth:`~BackgroundWriter.late`, for a bounded share of its time.
+**Pictures while training runs.** Figures are submitted with a key, one per series (a callback's tag: the
+learning curves, the weight evolution, each epoch's feature maps, a metric's confusion matrix), and wait in
+their key's line, not in the queue; the render thread draws a due one before anything else in the queue.
+They are drawn in rounds, each series at most once a round and rounds at least ``REDRAW_EVERY_S`` seconds
+apart (6 s; the environment variable ``LIGHTNING_VIZ_REDRAW_S`` sets it, 0 draws every figure), and at fit
+end, so drawing takes a bounded share of a core however short the epochs are: a newer figure that arrives
+while an older one of its series waits for its round takes its place (the first and the latest of a series
+are always drawn; the data file of every figure is written, and ``lightning-viz render`` draws the others).
+A *cumulative* series (the curves, the evolution, the statistics: each figure shows everything so far) loses
+nothing that way; a series of snapshots loses intermediate pictures only when its epochs are shorter than
+the interval. With a core left for the rest (training on a GPU, or on all cores but one) the render process
+draws there, and an epoch's figures are on disk a few seconds after it ends. When every core trains, the
+render process (``SCHED_IDLE``) gets no CPU; :mod:`lightning_viz.core.pacing` then has the training thread
+wait for a figure that is :meth:`~BackgroundWriter.late`, for a bounded share of its time.
 
 When the queue is full, the submitting callback's policy applies: ``"wait"`` blocks the training step until
 there is room (nothing is lost), ``"drop_oldest"`` discards the oldest pending job and warns once.
 
-Under ``"wait"``, a snapshot figure still to be drawn does not wait in the queue once drawing is behind
+Under ``"wait"``, a job without a key still to be run does not wait in the queue once drawing is behind
 (``SUPERSEDE_ABOVE`` or more jobs waiting): it joins an overflow list that refills the queue as the render
 process catches up, its input in a temporary file (:class:`DiskBacked`); the flush at fit end draws what is
 left (at most ``SPILL_MAX`` wait on disk; beyond that the training step waits again). A job that cannot wait

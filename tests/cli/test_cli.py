@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_viz.cli import build_cli, main
+from lightning_viz.cli import build_cli
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -101,8 +101,10 @@ def base_config(tmp_path: Path) -> Path:
 
 
 def test_console_script_runs_main():
+    from lightning_viz import command
+
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "lightning-viz"]
-    assert script.load() is main
+    assert script.load() is command.main  # which starts the render process, then runs cli.main
 
 
 def test_fit_help_lists_the_callbacks_and_how_to_see_their_arguments(capsys):

@@ -76,6 +76,38 @@ def test_training_waits_for_a_late_figure_only_while_the_render_process_gets_no_
         assert pacer.waits == 0 and not waiting.is_set()
 
 
+def test_no_wait_when_training_ends_within_the_redraw_interval(render_writer, monkeypatch):
+    """A figure late near the end of training is left for the fit-end flush, which draws its newest version
+    then: a short run draws each figure once instead of once mid-run and again at the end. The estimate is
+    training's own pace so far over the steps it has left (``trainer.estimated_stepping_batches``)."""
+    monkeypatch.setenv(writer.REDRAW_ENV, "6")
+    pacer = pacing.Pacer()
+    now = time.monotonic()
+    pacer.plan(100, 0)
+    pacer._from = (0, now - 5.0)  # 5 s for the first 50 steps: 5 s left
+    assert pacer.ends_soon(50, now) is True
+    assert pacer.ends_soon(10, now) is False  # 0.5 s a step, 90 steps left: 45 s
+    assert pacer.ends_soon(0, now) is False  # no pace yet
+    pacer.plan(float("inf"), 0)  # max_epochs=-1 or no max_steps: never known to end soon
+    pacer._from = (0, now - 5.0)
+    assert pacer.ends_soon(99, now) is False
+
+    w = render_writer(FakeCpu(running=False))  # every core trains: the figure is late
+    done = threading.Event()
+    w.submit(lambda: done.wait(5.0), "evo", key="evo")  # drawn only once training is over
+    pacer = pacing.Pacer()
+    pacer.plan(40, 0)
+    start = time.monotonic()
+    step = 0
+    while time.monotonic() - start < 0.4:  # 40 steps of 10 ms: training ends 0.4 s after it starts
+        time.sleep(0.01)
+        step += 1
+        pacer.batch_boundary(step)
+    done.set()
+    assert pacer.waits == 0
+    w.flush()
+
+
 @pytest.mark.parametrize("share", ["", "0"])
 def test_waits_are_bounded_one_by_one_and_as_a_share_of_training(render_writer, monkeypatch, share):
     """A figure that never gets drawn while training runs: every wait ends by WAIT_AT_MOST_S, and all the

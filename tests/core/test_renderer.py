@@ -49,7 +49,38 @@ def test_start_loads_matplotlib_before_the_first_figure(proc):
     assert pid is not None and proc.drawn_in_process == 0
     stats = proc.child_stats()  # answered after the warm-up, which drew one small figure
     assert stats["pid"] == pid and stats["open_figures"] == 0 and stats["warmed_up"] is True
-    assert stats["sched_idle"] is sys.platform.startswith("linux")
+    # normal priority until the first figure (what it preloads uses an idle core), then the lowest
+    assert stats["sched_idle"] is False and stats["nice"] == 0
+    proc.render(render_funcs.bars, DATA)
+    assert proc.child_stats()["sched_idle"] is sys.platform.startswith("linux")
+
+
+def test_preload_imports_in_the_child_without_waiting_for_it(proc):
+    """``start(preload=...)`` names modules a render function needs beyond lightning_viz.render (the
+    torchmetrics of a metric plot): imported at start-up, or, by a child already running, after it has
+    answered, so the caller goes on while it imports. Each module is asked for once."""
+    proc.start(preload=["json"])
+    assert proc.child_stats()["pid"] == proc.pid
+    proc.start(preload=["json", "colorsys"])  # a running child: only the new one is sent
+    assert proc._preloaded == {"json", "colorsys"}
+    proc.render(render_funcs.bars, DATA)  # answered after the import
+    assert proc.drawn_in_process == 1 and proc.child_stats()["preloaded"] == ["json", "colorsys"]
+    proc.start(preload=["no_such_module_here"])  # a failing import leaves the child serving
+    proc.render(render_funcs.bars, DATA)
+    assert proc.drawn_in_process == 2 and proc.broken is None
+    assert proc.child_stats()["preloaded"] == ["json", "colorsys"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE")
+def test_demote_drops_the_child_to_the_lowest_priority_from_the_parent(proc):
+    """What the pacer does when training starts, while the child may still import at normal priority."""
+    proc.start()
+    proc.child_stats()
+    assert os.sched_getscheduler(proc.pid) != os.SCHED_IDLE
+    proc.demote()
+    assert (
+        os.sched_getscheduler(proc.pid) == os.SCHED_IDLE and os.getpriority(os.PRIO_PROCESS, proc.pid) == 19
+    )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
