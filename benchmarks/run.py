@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks.run --quick         # a smoke run (minutes less; numbers not meaningful)
     python -m benchmarks.run --parts latency --merge   # figure_latency_s only, into the existing results
     python -m benchmarks.run --parts quickstart --merge --no-wandb   # quickstart_whole_ratio only
+    python -m benchmarks.run --parts figures --merge --no-wandb      # CPU seconds per figure of each kind
     python -m benchmarks.run --device cuda --parts resnet,hist --out /tmp/gpu   # GPU rows (results_gpu.json)
 
 Arms are trained in one process, interleaved (the order rotates every round) and repeated; medians are
@@ -35,6 +36,7 @@ PARTS = (
     "overhead_core_free",
     "latency",
     "quickstart",
+    "figures",
     "cnn",
     "resnet50",
     "soak",
@@ -382,9 +384,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     p.add_argument(
-        "--parts", default="overhead,overhead_core_free,latency,quickstart,cnn,resnet,hist,drawing,soak"
+        "--parts",
+        default="overhead,overhead_core_free,latency,quickstart,figures,cnn,resnet,hist,drawing,soak",
     )
     p.add_argument("--quickstart-rounds", type=int, default=3)
+    p.add_argument("--figure-rounds", type=int, default=5)
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers not meaningful")
     p.add_argument("--cnn-train", type=int, default=16384)
@@ -423,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
         args.overhead_rounds, args.overhead_epochs, args.overhead_aa_rounds = 2, 4, 1
         args.soak_train = 1024
         args.latency_rounds, args.latency_epochs = 1, 6
-        args.quickstart_rounds = 1
+        args.quickstart_rounds, args.figure_rounds = 1, 1
     _quiet()
     import torch
 
@@ -468,6 +472,11 @@ def main(argv: list[str] | None = None) -> None:
 
         print("the quickstart command, whole processes, with and without the callbacks ...", flush=True)
         res["quickstart"] = run_quickstart(args.quickstart_rounds)
+    if "figures" in parts and args.device == "cpu":
+        from benchmarks.figures import run_figure_costs
+
+        print("CPU seconds per figure of each kind, now and at the baseline commit ...", flush=True)
+        res["figures"] = run_figure_costs(args.figure_rounds)
     if with_wandb:
         import wandb
 
@@ -555,6 +564,7 @@ def main(argv: list[str] | None = None) -> None:
         headline["hist_speedup_vs_tensorboard"] = res["histograms"]["speedup_vs_tensorboard"]
         headline["hist_speedup_vs_wandb"] = res["histograms"]["speedup_vs_wandb"]
         headline["hist_counts_exact"] = res["histograms"]["exact"]
+        headline["hist_vs_floor"] = res["histograms"]["vs_floor"]
     if "soak" in res:
         headline["rss_growth_mb_per_1000_steps"] = res["soak"]["rss_growth_mb_per_1000_steps"]
         headline["open_figures_at_end"] = max(

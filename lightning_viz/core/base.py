@@ -202,6 +202,8 @@ class VizCallback(Callback):
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         renderer.mode()  # a wrong LIGHTNING_VIZ_RENDER fails here, naming the valid choices
+        if distributed.world_size() > 1:
+            distributed.destroy_group_at_exit()  # a gloo group must not outlive the interpreter's finalization
         # trainer.log_dir broadcasts from rank 0, so every rank calls it and agrees on the directory.
         log_dir = trainer.log_dir or trainer.default_root_dir
         self.viz_dir = Path(self.output_dir) if self.output_dir else Path(log_dir) / "viz" / self.viz_name
@@ -312,13 +314,16 @@ class VizCallback(Callback):
         stem: str,
         step: int,
         save_data: Any = None,
+        cumulative: bool | None = None,
     ) -> None:
         """Draw ``render(data)`` in the render process (see :mod:`~lightning_viz.core.renderer`), off the
         training thread, and hand the picture to every sink (rank zero only).
 
         The figures of one ``tag`` are a series: drawn at most once per redraw interval and at fit end, a
         newer one taking the place of one still waiting (see :mod:`~lightning_viz.core.writer`); the data
-        of every one is saved, and ``lightning-viz render`` draws those that were not.
+        of every one is saved, and ``lightning-viz render`` draws those that were not. With the interval at
+        0 (``LIGHTNING_VIZ_REDRAW_S=0``) every snapshot is drawn, and only cumulative figures are replaced,
+        when drawing is behind.
 
         Args:
             render: pure function from plain data to a Figure.
@@ -327,9 +332,17 @@ class VizCallback(Callback):
             stem: file stem under the output directory.
             step: global step for loggers.
             save_data: what to save beside the PNG (defaults to ``data``); ``False`` saves nothing.
+            cumulative: the figure shows everything so far (a newer one makes it redundant). Default: as
+                declared in the callback's ``figures`` for this stem.
         """
         if not self.emitting(trainer):
             return
+        if cumulative is None:
+            try:
+                cumulative = self.figure_spec(stem).cumulative
+            except LookupError:  # a figure its class does not declare: a snapshot
+                cumulative = False
+        series = cumulative or writer.redraw_every_s() > 0
         sinks = list(self._sinks)
         owner = type(self).__name__
         payload = data if save_data is None else save_data
@@ -345,7 +358,7 @@ class VizCallback(Callback):
 
         # (render, data) may wait on disk while drawing is behind: see lightning_viz.core.writer
         job = writer.DiskBacked((render, data), draw)
-        self._submit(stem, job, "render", key=(id(self), tag))
+        self._submit(stem, job, "render", key=(id(self), tag) if series else None)
 
     def emit_histograms(
         self,

@@ -30,6 +30,35 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+_destroy_registered = False
+
+
+def destroy_group_at_exit() -> None:
+    """Destroy the default process group at interpreter exit, while the interpreter is still whole.
+
+    Lightning does that for NCCL only. A gloo group left alive until the interpreter finalizes has worker
+    threads that may still drop a tensor there, which takes the GIL during finalization: the process then
+    aborts with ``terminate called without an active exception`` after a successful fit (pytorch/pytorch
+    PR 179291 describes it). Registered once, by the first callback set up in a distributed run; harmless
+    when the group is already gone.
+    """
+    global _destroy_registered
+    if _destroy_registered:
+        return
+    _destroy_registered = True
+    import atexit
+
+    atexit.register(_destroy_group)
+
+
+def _destroy_group() -> None:
+    if is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # at exit: nothing left to protect
+            pass
+
+
 def world_size() -> int:
     """Number of processes in the default group (1 when not distributed)."""
     return dist.get_world_size() if is_initialized() else 1

@@ -10,10 +10,11 @@ end, when training raises, and at interpreter exit, so no picture is lost.
 learning curves, the weight evolution, each epoch's feature maps, a metric's confusion matrix), and wait in
 their key's line, not in the queue; the render thread draws a due one before anything else in the queue.
 They are drawn in rounds, each series at most once a round and rounds at least ``REDRAW_EVERY_S`` seconds
-apart (6 s; the environment variable ``LIGHTNING_VIZ_REDRAW_S`` sets it, 0 draws every figure), and at fit
+apart (6 s; the environment variable ``LIGHTNING_VIZ_REDRAW_S`` sets it; at 0 every snapshot goes through
+the queue, drawn in its turn, and only cumulative figures keep a key), and at fit
 end, so drawing takes a bounded share of a core however short the epochs are: a newer figure that arrives
-while an older one of its series waits for its round takes its place (the first and the latest of a series
-are always drawn; the data file of every figure is written, and ``lightning-viz render`` draws the others).
+while an older one of its series waits for its round takes its place (the latest of a series is always
+drawn; the data file of every figure is written, and ``lightning-viz render`` draws the others).
 A *cumulative* series (the curves, the evolution, the statistics: each figure shows everything so far) loses
 nothing that way; a series of snapshots loses intermediate pictures only when its epochs are shorter than
 the interval. With a core left for the rest (training on a GPU, or on all cores but one) the render process

@@ -166,7 +166,8 @@ def test_channels_follow_the_mean_activation_rule(run):
     assert saved["maps_2"].shape == (4, 8, 8)  # conv2 has 6 channels: capped at max_channels=4
 
 
-def test_every_n_steps_schedule(tmp_path):
+def test_every_n_steps_schedule(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTNING_VIZ_REDRAW_S", "0")  # every capture's picture drawn, not one per 6 s
     cb = ActivationMapCallback(every_n_epochs=None, every_n_steps=3, sample_size=4)
     trainer = make_trainer(tmp_path, [cb], max_epochs=2)
     trainer.fit(TinyCNN(), RandomImages(n=64, batch_size=16))

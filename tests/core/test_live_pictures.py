@@ -209,6 +209,9 @@ def test_cumulative_figures_reach_tensorboard_while_every_core_trains(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "tests.core.live_fit", str(tmp_path), "10"],
         cwd=REPO,
+        # rounds every 3 s: a 10-epoch fit (about 10 s alone, longer on a loaded machine) has several before
+        # its last seconds, in which the pacer leaves the figures to the fit-end flush
+        env={**os.environ, writer.REDRAW_ENV: "3"},
         capture_output=True,
         text=True,
         timeout=600,

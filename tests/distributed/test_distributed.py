@@ -256,3 +256,30 @@ def test_slow_rank_neither_deadlocks_nor_duplicates(tmp_path):
     )
     assert check_against_probe(out, [0, 2], rank=0) == 2 * 6 * 2
     assert_no_duplicate_events(out / "tb" / "version_0")
+
+
+EXIT_PROBE = """
+import atexit, os, sys
+import torch.distributed as dist
+from lightning_viz.core import distributed
+atexit.register(lambda: print("group alive at exit:", dist.is_initialized(), flush=True))  # runs last
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+distributed.destroy_group_at_exit()
+distributed.destroy_group_at_exit()  # once is enough: registered a single time
+dist.all_reduce(__import__("torch").ones(3))
+"""
+
+
+def test_a_gloo_group_is_destroyed_before_the_interpreter_finalizes(tmp_path):
+    """Lightning destroys the process group at exit for NCCL only; a gloo group alive into finalization can
+    abort a finished run ("terminate called without an active exception"). The callbacks' setup registers
+    the destruction at exit: the group is gone before the interpreter's last exit handlers run."""
+    run = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "group alive at exit: False" in run.stdout
+    assert "terminate called" not in run.stderr

@@ -21,6 +21,7 @@ from lightning_viz import (
     WeightHistogramCallback,
 )
 from lightning_viz.callbacks.report import ReportCallback
+from lightning_viz.core import writer
 from lightning_viz.report import build_report, main
 from tests.helpers import RandomImages, TinyCNN, make_trainer
 
@@ -47,7 +48,9 @@ def run(tmp_path_factory):
         ReportCallback(),
     ]
     trainer = make_trainer(tmp, callbacks, max_epochs=3, limit_train_batches=2, limit_val_batches=1)
-    trainer.fit(TinyCNN(), datamodule=RandomImages(n=32))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(writer.REDRAW_ENV, "0")  # every epoch's maps drawn (a frame each in the report's slider)
+        trainer.fit(TinyCNN(), datamodule=RandomImages(n=32))
     report = callbacks[-1]
     assert trainer.callbacks[-1] is report, "the report callback moves itself last"
     return report.viz_dir

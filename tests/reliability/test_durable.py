@@ -63,7 +63,7 @@ def test_sigkill_while_writing_leaves_only_complete_files_and_render_redraws(tmp
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "LIGHTNING_VIZ_REDRAW_S": "0"},  # every figure drawn
     )
     try:
         deadline = time.monotonic() + 100
