@@ -6,8 +6,8 @@ temporary directory; the latest data file of each kind of figure is kept. The dr
 side by side, this checkout's and the baseline commit's (``git worktree``, removed afterwards), each a plain
 ``python -m lightning_viz.core.renderer`` with torch and torchmetrics loaded (as in the quickstart, whose
 confusion matrices draw with torchmetrics' own ``.plot``). Every round draws each kind once in each process,
-alternating which goes first; a figure's cost is the CPU time its process used from the request to the
-reply (``/proc/<pid>/stat``): drawing, rasterising, PNG-encoding, and the garbage collection after it.
+alternating which goes first; a figure's cost is the CPU time its process used from the request until it is
+idle again (``/proc/<pid>/stat``): drawing, rasterising, PNG-encoding, and the garbage collection after it.
 """
 
 from __future__ import annotations
@@ -72,11 +72,14 @@ class Child:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def draw(self, render: Any, data: Any) -> float:
-        """CPU seconds the child spent on one figure, request to reply."""
+        """CPU seconds the child spent on one figure: from the request until it is idle again. The child
+        collects garbage after it has replied, so a second request (its stats, answered once that is done)
+        closes the measurement; otherwise that work would be charged to nothing, or to the next figure."""
         before = self.cpu()
         reply = self.call(("render", render, data))
         if reply[0] != "ok":
             raise RuntimeError(f"drawing failed: {reply}")
+        self.call(("stats",))
         return self.cpu() - before
 
     def close(self) -> None:
@@ -183,8 +186,8 @@ def section(f: dict[str, Any]) -> list[str]:
         "",
         "Each kind drawn by a render process with torch and torchmetrics loaded (as in the quickstart), from the "
         "data of one quickstart run with a planted pathology (`configs/pathologies/vanishing.yaml`, so that the "
-        "health figure has findings); the CPU time of the render process from request to reply, so drawing, "
-        "rasterising, PNG-encoding and the garbage collection after the figure; median of "
+        "health figure has findings); the CPU time of the render process from the request until it is idle "
+        "again, so drawing, rasterising, PNG-encoding and the garbage collection after the figure; median of "
         f"{f['rounds']} rounds"
         + (f", side by side with the render process of commit {base} (a `git worktree`)." if base else "."),
         "",

@@ -564,7 +564,8 @@ def main(argv: list[str] | None = None) -> None:
         headline["hist_speedup_vs_tensorboard"] = res["histograms"]["speedup_vs_tensorboard"]
         headline["hist_speedup_vs_wandb"] = res["histograms"]["speedup_vs_wandb"]
         headline["hist_counts_exact"] = res["histograms"]["exact"]
-        headline["hist_vs_floor"] = res["histograms"]["vs_floor"]
+        if "vs_floor" in res["histograms"]:
+            headline["hist_vs_floor"] = res["histograms"]["vs_floor"]
     if "soak" in res:
         headline["rss_growth_mb_per_1000_steps"] = res["soak"]["rss_growth_mb_per_1000_steps"]
         headline["open_figures_at_end"] = max(

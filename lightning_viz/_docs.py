@@ -176,6 +176,14 @@ def perf_table(r: dict[str, Any]) -> str:
         f"({h['x_wb']}{X} faster): "
         f"{_met(r, 'hist_speedup_vs_tensorboard', 'hist_speedup_vs_wandb')} | "
         f"{_target('hist_speedup_vs_tensorboard', X)} and {_target('hist_speedup_vs_wandb', X)} |",
+        *(
+            [
+                f"| the same histograms over one read of the same tensors (a sum over each, same rounds) | "
+                f"{r['hist_vs_floor']:.2f}{X}: {_met(r, 'hist_vs_floor')} | {_target('hist_vs_floor', X)} |"
+            ]
+            if "hist_vs_floor" in r
+            else []
+        ),
         f"| exactness of those counts | {h['exact']} for every tensor, a constant tensor and one with NaN/Inf "
         f"included ({r['histograms']['exactness_checked']} checked, {r['histograms']['mismatches']} "
         "mismatches) | exact |",
