@@ -37,9 +37,17 @@ demo: $(DEMO)
 # pytest exits 5 when it collects no test: that must fail, and it does (any non-zero exit fails make).
 # The suite runs in PYTEST_WORKERS processes (pytest-xdist); most tests wait on one core, the subprocess
 # and multi-process ones on several. PYTEST_WORKERS=0 runs it in this process.
+# Tests marked `alone` measure pictures drawn while every core trains: with another test's processes on the
+# same cores they measure the load instead, so they run after the rest, one at a time. PYTEST_ARGS (a file,
+# -k ...) runs what it selects in one pass.
 PYTEST_WORKERS ?= 2
 test: $(DEV)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) -m "not alone"
+	$(PY) -m pytest -q -p no:cacheprovider -m alone
+else
 	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+endif
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check .

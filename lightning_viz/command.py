@@ -8,7 +8,9 @@ side instead of one after the other; :mod:`lightning_viz.cli` then runs as befor
 ``--viz_defaults=false`` (the command then most likely trains without lightning-viz: the callbacks start it
 at ``setup`` if any is configured after all), with ``LIGHTNING_VIZ_RENDER=thread``, and on any process but
 global rank zero (which alone draws). When no lightning-viz callback turns out to be on, the CLI stops it.
-The render process keeps its normal priority until training starts (it is then demoted to the lowest, see
+A run also destroys its process group at exit (:func:`lightning_viz.core.distributed.destroy_group_at_exit`:
+Lightning does so for NCCL only, and a gloo group left to the interpreter's finalization aborted finished
+DDP runs). The render process keeps its normal priority until training starts (it is then demoted to the lowest, see
 :mod:`lightning_viz.core.renderer`), so that what it loads uses the core that the importing leaves idle.
 """
 
@@ -85,9 +87,14 @@ def main(args: Sequence[str] | None = None) -> None:
     Args:
         args: command-line arguments (default: ``sys.argv[1:]``).
     """
+    argv = list(sys.argv[1:] if args is None else args)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as lightning_viz.cli.main does: the render process imports from it
-    start_renderer_early(list(sys.argv[1:] if args is None else args))
+    if argv and argv[0] in RUNS:
+        from lightning_viz.core import distributed
+
+        distributed.destroy_group_at_exit()  # with or without callbacks: a gloo group must not outlive exit
+    start_renderer_early(argv)
     from lightning_viz.cli import main as cli_main
 
     cli_main(None if args is None else list(args))

@@ -300,9 +300,14 @@ class VizCallback(Callback):
         return distributed.is_emitter(trainer) and bool(self._sinks)
 
     def _submit(
-        self, label: str, job: Callable[[], None], queue: Literal["io", "render"] = "io", key: Any = None
+        self,
+        label: str,
+        job: Callable[[], None],
+        queue: Literal["io", "render"] = "io",
+        key: Any = None,
+        snapshot: bool = False,
     ) -> None:
-        writer.get_writer(queue).submit(job, f"{type(self).__name__} {label}", self.when_full, key)
+        writer.get_writer(queue).submit(job, f"{type(self).__name__} {label}", self.when_full, key, snapshot)
 
     def emit_figure(
         self,
@@ -358,7 +363,7 @@ class VizCallback(Callback):
 
         # (render, data) may wait on disk while drawing is behind: see lightning_viz.core.writer
         job = writer.DiskBacked((render, data), draw)
-        self._submit(stem, job, "render", key=(id(self), tag) if series else None)
+        self._submit(stem, job, "render", key=(id(self), tag) if series else None, snapshot=not cumulative)
 
     def emit_histograms(
         self,

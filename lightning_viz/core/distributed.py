@@ -39,8 +39,8 @@ def destroy_group_at_exit() -> None:
     Lightning does that for NCCL only. A gloo group left alive until the interpreter finalizes has worker
     threads that may still drop a tensor there, which takes the GIL during finalization: the process then
     aborts with ``terminate called without an active exception`` after a successful fit (pytorch/pytorch
-    PR 179291 describes it). Registered once, by the first callback set up in a distributed run; harmless
-    when the group is already gone.
+    PR 179291 describes it). Registered once, by the ``lightning-viz`` command for every run (with or without
+    callbacks) and by the first callback set up in a distributed run; harmless when no group exists.
     """
     global _destroy_registered
     if _destroy_registered:

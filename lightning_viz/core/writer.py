@@ -8,7 +8,8 @@ end, when training raises, and at interpreter exit, so no picture is lost.
 
 **Pictures while training runs.** Figures are submitted with a key, one per series (a callback's tag: the
 learning curves, the weight evolution, each epoch's feature maps, a metric's confusion matrix), and wait in
-their key's line, not in the queue; the render thread draws a due one before anything else in the queue.
+their key's line, not in the queue; the render thread draws a due one before anything else in the queue,
+the cumulative series before the snapshots.
 They are drawn in rounds, each series at most once a round and rounds at least ``REDRAW_EVERY_S`` seconds
 apart (6 s; the environment variable ``LIGHTNING_VIZ_REDRAW_S`` sets it; at 0 every snapshot goes through
 the queue, drawn in its turn, and only cumulative figures keep a key), and at fit
@@ -105,7 +106,8 @@ class BackgroundWriter:
         self.name = name
         self._cadence, self._cpu_probe = cadence, cpu_probe
         self._overflow: deque[tuple[Callable[[], None], str, Any]] = deque()  # spilled jobs, in order
-        self._lines: dict[Any, deque[_Version]] = {}  # cumulative figures waiting, per key, oldest first
+        self._lines: dict[Any, deque[_Version]] = {}  # figures waiting, per series (key), oldest first
+        self._snapshots: set[Any] = set()  # the keys of snapshot series (drawn after the cumulative ones)
         self._round = float("-inf")  # when the current redraw round began (see _due_at)
         self._in_round: set[Any] = set()  # the keys drawn in it
         self._running: tuple[_Version, float] | None = None  # the cumulative figure being drawn, its due time
@@ -141,15 +143,16 @@ class BackgroundWriter:
     def _next_slot(self, now: float) -> tuple[_Version, float] | float | None:
         """The due cumulative figure drawn next (taken out of its line), else when the next one is due."""
         cadence = self._cadence_s()
-        best: tuple[float, Any] | None = None
+        best: tuple[tuple[bool, bool, float], float, Any] | None = None
         for key, line in self._lines.items():
             if line:
                 due = self._due_at(key, 0, line, cadence)
-                if best is None or due < best[0]:
-                    best = (due, key)
+                rank = (due > now, key in self._snapshots, due)  # due ones first, cumulative before snapshots
+                if best is None or rank < best[0]:
+                    best = (rank, due, key)
         if best is None:
             return None
-        due, key = best
+        _, due, key = best
         if due > now:
             return due
         version = self._lines[key].popleft()
@@ -259,15 +262,25 @@ class BackgroundWriter:
         return True
 
     def submit(
-        self, job: Callable[[], None], label: str, when_full: WhenFull = "wait", key: Any = None
+        self,
+        job: Callable[[], None],
+        label: str,
+        when_full: WhenFull = "wait",
+        key: Any = None,
+        snapshot: bool = False,
     ) -> None:
         """Queue ``job``; ``label`` names it in warnings (e.g. ``"WeightHistogramCallback step 40"``).
 
-        ``key`` (hashable) marks a cumulative figure: a job that makes any waiting job with the same key
+        ``key`` (hashable) marks a figure series: a job that makes any waiting job with the same key
         redundant. It never blocks and is run by key, not in the queue's order: see the module docstring.
+        ``snapshot``: the series is of snapshots (each figure shows one moment), so when several series are
+        due, the cumulative ones are drawn first (they show everything so far).
         """
         self._ensure_thread()
         if key is not None:
+            if snapshot:
+                with self._lock:
+                    self._snapshots.add(key)
             self._submit_keyed(job, label, key)
             return
         if when_full == "wait":

@@ -197,6 +197,7 @@ def _one_core() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # another test's processes on its core would starve the render process (SCHED_IDLE)
 def test_cumulative_figures_reach_tensorboard_while_every_core_trains(tmp_path):
     """A real fit of ten epochs with the four core callbacks at their defaults, in a process whose every core
     trains (pinned to one core, one torch thread; the render process inherits the pinning, so at SCHED_IDLE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -390,3 +391,18 @@ def test_tensorboard_receives_each_tags_pictures_in_step_order_when_drawing_is_b
     for tag in ("viz/weight_histogram/gradients_evolution", "viz/curves"):
         assert steps[tag][-1] == 12, f"{tag}: {steps[tag]}"
     assert writer.get_writer("render").pending() == 0
+
+
+def test_when_several_series_are_due_the_cumulative_ones_are_drawn_first():
+    """A snapshot series (one epoch's maps) waits behind a cumulative one (the curves, everything so far)
+    due at the same time or later: a bounded wait of the training thread then buys the most telling
+    pictures first."""
+    w = BackgroundWriter(8, "test-order", 0.0)
+    gate, order = threading.Event(), []
+    w.submit(lambda: gate.wait(5.0), "blocker", key="blocker")  # the thread is busy while the others arrive
+    time.sleep(0.05)
+    w.submit(lambda: order.append("maps"), "maps", key="maps", snapshot=True)
+    w.submit(lambda: order.append("curves"), "curves", key="curves")
+    gate.set()
+    w.flush()
+    assert order == ["curves", "maps"]
