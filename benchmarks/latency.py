@@ -41,7 +41,13 @@ def _instrument() -> tuple[list, list]:
     emit, figure = base.VizCallback.emit_figure, sinks.FileSink.figure
 
     def emit_figure(self: Any, trainer: Any, render: Any, data: Any, **kw: Any) -> None:
-        if kw.get("cumulative") and self.emitting(trainer):
+        cumulative = kw.get("cumulative")
+        if cumulative is None:  # as emit_figure decides: what the callback declares for the stem
+            try:
+                cumulative = self.figure_spec(kw["stem"]).cumulative
+            except LookupError:
+                cumulative = False
+        if cumulative and self.emitting(trainer):
             submitted.append((kw["tag"], int(kw["step"]), time.perf_counter()))
         emit(self, trainer, render, data, **kw)
 
@@ -65,6 +71,8 @@ def epoch_latencies(
     for k, (step, t_end) in enumerate(ends):
         t_next = ends[k + 1][1] if k + 1 < len(ends) else float("inf")
         tags = {tag for tag, s, t in submitted if t_end <= t < t_next}
+        if not tags:  # nothing cumulative submitted at this epoch end: a broken measurement, not 0 s
+            raise RuntimeError(f"no cumulative figure was submitted at the end of the epoch at step {step}")
         worst = 0.0
         for tag in tags:
             got = [t for wtag, s, t in written if wtag == tag and s >= step and t >= t_end]
