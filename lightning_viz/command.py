@@ -56,7 +56,7 @@ def start_renderer_early(argv: Sequence[str]) -> bool:
         return False
     from lightning_viz.core import distributed  # imports torch, not Lightning
 
-    if distributed.global_rank() != 0:
+    if not distributed.launcher_rank_zero():
         return False
     renderer.get_renderer().start(preload=preload_for(argv))
     return True

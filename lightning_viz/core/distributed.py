@@ -75,6 +75,17 @@ def global_rank() -> int:
     return 0
 
 
+def launcher_rank_zero() -> bool:
+    """Before any process group exists: whether the launcher's variables make this process global rank
+    zero (``RANK`` or ``SLURM_PROCID`` when set; else node rank and local rank both 0, so that local rank 0
+    of another node under Lightning's own launcher, which sets ``NODE_RANK`` and ``LOCAL_RANK`` only, is
+    not taken for it)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var]) == 0
+    return all(int(os.environ.get(var, "0") or 0) == 0 for var in ("NODE_RANK", "GROUP_RANK", "LOCAL_RANK"))
+
+
 def is_emitter(trainer: Any = None) -> bool:
     """Whether this process writes files and talks to loggers (global rank zero)."""
     if trainer is not None:

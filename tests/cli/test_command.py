@@ -70,7 +70,16 @@ def test_the_render_process_starts_before_lightning_is_imported():
     assert got["sched_idle"] is False
 
 
-@pytest.mark.parametrize("env", [{"RANK": "1"}, {"LOCAL_RANK": "3"}, {"LIGHTNING_VIZ_RENDER": "thread"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"RANK": "1"},
+        {"LOCAL_RANK": "3"},
+        {"NODE_RANK": "1", "LOCAL_RANK": "0"},  # local rank 0 of node 1 under Lightning's own launcher
+        {"SLURM_PROCID": "2", "LOCAL_RANK": "0"},
+        {"LIGHTNING_VIZ_RENDER": "thread"},
+    ],
+)
 def test_no_early_render_process_off_rank_zero_or_when_drawing_in_a_thread(env):
     got = probe("fit", "--config", "quickstart", **env)
     assert got["started"] is False and got["pid"] is None
