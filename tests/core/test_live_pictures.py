@@ -199,7 +199,7 @@ def _one_core() -> None:
 @pytest.mark.slow
 @pytest.mark.alone  # another test's processes on its core would starve the render process (SCHED_IDLE)
 def test_cumulative_figures_reach_tensorboard_while_every_core_trains(tmp_path):
-    """A real fit of ten epochs with the four core callbacks at their defaults, in a process whose every core
+    """A real fit of twenty epochs with the four core callbacks at their defaults, in a process whose every core
     trains (pinned to one core, one torch thread; the render process inherits the pinning, so at SCHED_IDLE
     it gets CPU only when the training thread waits). Read back with TensorBoard's EventAccumulator: every
     cumulative figure has a picture of a mid-training version written before the last training scalar
@@ -208,10 +208,10 @@ def test_cumulative_figures_reach_tensorboard_while_every_core_trains(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = subprocess.run(
-        [sys.executable, "-m", "tests.core.live_fit", str(tmp_path), "10"],
+        [sys.executable, "-m", "tests.core.live_fit", str(tmp_path), "20"],
         cwd=REPO,
-        # rounds every 3 s: a 10-epoch fit (about 10 s alone, longer on a loaded machine) has several before
-        # its last seconds, in which the pacer leaves the figures to the fit-end flush
+        # rounds every 3 s: a 20-epoch fit (10 to 20 s alone) has several before its last seconds, in which
+        # the pacer leaves the figures to the fit-end flush (a 10-epoch fit had one or two: flaky)
         env={**os.environ, writer.REDRAW_ENV: "3"},
         capture_output=True,
         text=True,
