@@ -43,8 +43,10 @@ class Child:
 
     def __init__(self, tree: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+        # the child's module: render_child since it left renderer.py (the baseline commit is older)
+        child = "render_child" if (tree / "lightning_viz/core/render_child.py").exists() else "renderer"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lightning_viz.core.renderer"],
+            [sys.executable, "-m", f"lightning_viz.core.{child}"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
