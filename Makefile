@@ -9,7 +9,7 @@ DEMO   := $(VENV)/.installed-demo
 DEV    := $(VENV)/.installed-dev
 BENCH  := $(VENV)/.installed-bench
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench gpu-check clean
 
 $(VENV)/.created:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run 'make PYTHON=python3 ...'"; exit 1; }
@@ -59,6 +59,14 @@ format: $(DEV)
 
 bench: $(BENCH)
 	$(PY) -m benchmarks.run
+
+# The CUDA tests and the GPU benchmark rows in one command (at most 6 minutes on one GPU; docs/performance.md).
+# Without a CUDA device: one line says so, the CPU variants and a dry run run, and it exits 0. On a bare GPU
+# machine with no network, `make gpu-check PY=python3` uses that interpreter as it is: a PY given on the
+# command line skips the venv and its installs.
+GPU_DEPS := $(if $(filter command line environment,$(origin PY)),,$(DEV))
+gpu-check: $(GPU_DEPS)
+	$(PY) -m benchmarks.gpu_check
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -133,7 +133,7 @@ def test_readme_is_a_page_that_links_every_doc():
 @pytest.mark.parametrize("rel", sorted(PAGES))
 def test_make_targets_in_docs_exist(rel):
     makefile = (ROOT / "Makefile").read_text()
-    command = r"make (?:[A-Z_]+=\S+ )*([a-z]\w*)"
+    command = r"make (?:[A-Z_]+=\S+ )*([a-z][\w-]*)"
     for target in set(re.findall(f"`{command}", PAGES[rel])) | set(
         re.findall(f"^{command}", PAGES[rel], re.M)
     ):

@@ -1,6 +1,7 @@
 """WeightHistogramCallback on Trainer setups beyond one optimizer in fp32: a GAN under manual optimization,
 gradient accumulation with clipping, parameters unfrozen mid-training, and mixed precision with a
-GradScaler (fused and unfused optimizers). Numbers are checked against independent computations."""
+GradScaler (fused and unfused optimizers; on CUDA too in ``tests/gpu/test_mixed_precision.py``). Numbers are
+checked against independent computations."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import BackboneFinetuning, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.nn import functional as F
@@ -422,42 +422,6 @@ def test_unscaled_histogram_set_equals_numpy_of_the_divided_tensor(scale):
         assert hs.sum_squares[i] == pytest.approx(np.sum(fin**2), rel=1e-5)
         w = hs.edges[i][1] - hs.edges[i][0]
         assert math.frexp(w)[0] == 0.5 and np.all(hs.edges[i] / w == np.round(hs.edges[i] / w))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("fused", [False, True])
-def test_cuda_16_mixed_gradients_are_unscaled(tmp_path, fused):
-    """``"16-mixed"`` on CUDA: fp16 autocast and a CUDA GradScaler (a smaller initial scale than the
-    default, so that the first steps do not overflow this model's backward)."""
-    torch.manual_seed(0)
-    rec = ScaledGradRecorder()
-    cb = WeightHistogramCallback(every_n_steps=3, bins=32, log="gradients")
-    plugin = MixedPrecision("16-mixed", "cuda", scaler=torch.amp.GradScaler("cuda", init_scale=2.0**10))
-    trainer = Trainer(
-        default_root_dir=str(tmp_path),
-        accelerator="cuda",
-        devices=1,
-        plugins=[plugin],
-        max_epochs=1,
-        callbacks=[rec, cb],
-        logger=TensorBoardLogger(str(tmp_path), name="tb"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-    )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(AdamRegressor(fused), gan_data())
-    assert viz_warnings(caught) == []
-    assert rec.unscaled[0] is (not fused) and rec.scale[0] == 2.0**10
-    acc = read_events(trainer.logger.log_dir)
-    for name in rec.raw[0]:
-        expected = {
-            s: rec.raw[s][name] if rec.unscaled[s] else rec.raw[s][name] / np.float32(rec.scale[s])
-            for s in (0, 3, 6)
-        }
-        check_histograms(acc, f"gradients/{name}", expected)
 
 
 # ---------------------------------------------------------------------------------------- under DDP

@@ -3,20 +3,19 @@
 Counting, never timing: the four callbacks run in a real Trainer, and their per-step hooks are instrumented
 so that any forward hook left registered, any ``histogram_set`` call and any tensor-to-host conversion
 (``.item()``, ``.cpu()``, ``.tolist()``, ``.numpy()``, ``bool()``, ``float()``, ``int()``) on a step where
-nothing is recorded is counted. On CUDA the same steps run under ``torch.cuda.set_sync_debug_mode("error")``.
+nothing is recorded is counted. On CUDA the same steps run under ``torch.cuda.set_sync_debug_mode("error")``
+(``tests/gpu/test_sync_free.py``, run by ``make gpu-check``).
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from collections import Counter
 from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch import Callback
 
 import lightning_viz as lv
 from lightning_viz.core import stats
@@ -190,49 +189,3 @@ def test_instrumentation_catches_host_calls_and_hooks(tmp_path, monkeypatch):
     trainer.fit(TinyCNN(), RandomImages(n=32, batch_size=8))
     assert host.counts["item"] == 4
     assert hooks_during_capture and min(hooks_during_capture) > 0
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_no_host_sync_on_non_logging_steps_cuda(tmp_path):
-    """On CUDA, the callbacks' per-step hooks of non-logging steps run under sync debug mode "error"."""
-    callbacks = viz_callbacks()
-    errors: list[tuple[str, str, int, str]] = []
-    guarded: list[tuple[str, str, int]] = []
-
-    def around(name: str, hook: str, step: int, call: Any) -> Any:
-        if logging_step(hook, step):
-            return call()
-        guarded.append((name, hook, step))
-        previous = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                out = call()
-            # a sync inside a `guard` block would have become a lightning-viz warning: count those too
-            errors.extend(
-                (name, hook, step, str(w.message)) for w in caught if "synchroniz" in str(w.message)
-            )
-            return out
-        except RuntimeError as err:
-            errors.append((name, hook, step, repr(err)))
-            raise
-        finally:
-            torch.cuda.set_sync_debug_mode(previous)
-
-    instrument(callbacks, around)
-    trainer = Trainer(
-        default_root_dir=str(tmp_path),
-        accelerator="gpu",
-        devices=1,
-        max_epochs=1,
-        callbacks=callbacks,
-        logger=TensorBoardLogger(str(tmp_path), name="tb"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=N,
-    )
-    trainer.fit(TinyCNN(), RandomImages(n=96, batch_size=8))
-    assert {s for _, _, s in guarded} >= {1, 2, 5, 6, 9, 10}
-    assert not errors, errors
