@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 TARGETS = {
-    "suite_overhead_ratio": ("<=", 1.05),  # steady state, every core trains; see "What is measured"
-    "suite_overhead_core_free_ratio": ("<=", 1.02),  # steady state, a core left for drawing
+    "suite_overhead_ratio": ("<=", 1.02),  # steady state, a core left for the rest (the setting users have)
     "hist_speedup_vs_tensorboard": (">=", 8.0),
     "hist_speedup_vs_wandb": (">=", 2.0),
     "hist_vs_floor": ("<=", 3.0),  # ours over one read of the same tensors; ~2 is the limit
@@ -18,6 +17,10 @@ TARGETS = {
     "rss_growth_mb_per_1000_steps": ("<", 1.0),
     "open_figures_at_end": ("==", 0),
 }
+
+
+# reported beside the targets, with none of their own
+REPORTED = {"suite_overhead_all_busy_ratio": "every core trains: the second row"}
 
 
 def _f(v: Any, fmt: str = "{:.2f}") -> str:
@@ -160,8 +163,10 @@ def _overhead_section(o: dict) -> list[str]:
     where = (
         f"both in fresh processes pinned to the same core (cores {o['cores'][0]} and {o['cores'][1]} in turn, "
         "every two rounds) with one torch thread each, which one starts first alternating every round; the "
-        "suite's render process is pinned to the other core, so its figures are drawn there while it trains "
-        "(a core left for the rest, as on a GPU machine)"
+        "suite's render process and every thread of both processes but the training thread (writer threads, the "
+        "logger's event-file thread) are pinned to the other core, so the suite's figures are drawn there while it "
+        "trains (a core left for the rest, as on a GPU machine; the training thread still shares the GIL with "
+        "those threads)"
         if core_free and o.get("cores")
         else f"each in a fresh process pinned to its own core (cores {o['cores'][0]} and {o['cores'][1]}) with one torch "
         "thread, which one starts first alternating every round and the cores every two rounds; the suite's render process inherits the pinning, so drawing is "
@@ -171,9 +176,9 @@ def _overhead_section(o: dict) -> list[str]:
         else "each in a fresh process with one torch thread (this platform cannot pin processes to cores)"
     )
     title = (
-        "## Full suite beside no callbacks, a core left for drawing (`suite_overhead_core_free_ratio`)"
+        "## Full suite beside no callbacks, a core left for the rest (the headline `suite_overhead_ratio`)"
         if core_free
-        else "## Full suite beside no callbacks, every core training (the headline `suite_overhead_ratio`)"
+        else "## Full suite beside no callbacks, every core training (`suite_overhead_all_busy_ratio`)"
     )
     lines = [
         title,
@@ -298,11 +303,13 @@ def write_results_md(folder: Path) -> Path:
             v = cpu.get(key)
             shown = _f(v, "{:.3f}") if isinstance(v, float) or v is None else str(v)
             lines.append(f"| `{key}` | {shown} | {op} {t} | {_met(key, v)} |")
+        for key, what in REPORTED.items():
+            lines.append(f"| `{key}` | {_f(cpu.get(key), '{:.3f}')} | none ({what}) | |")
         lines += [""]
-        if "overhead" in cpu:
-            lines += _overhead_section(cpu["overhead"])
         if "overhead_core_free" in cpu:
             lines += _overhead_section(cpu["overhead_core_free"])
+        if "overhead" in cpu:
+            lines += _overhead_section(cpu["overhead"])
         if "latency" in cpu:
             lines += _latency_section(cpu["latency"])
         if "quickstart" in cpu:
@@ -384,6 +391,10 @@ def write_results_md(folder: Path) -> Path:
                 *_arm_table(gpu["resnet50"]),
                 "",
             ]
+    if cpu and cpu.get("gpu"):  # the rows `make gpu-check` wrote (benchmarks/gpu.py), between their markers
+        from benchmarks import gpu as gpu_rows
+
+        lines += [gpu_rows.START, gpu_rows.section(cpu["gpu"]), gpu_rows.END, ""]
     lines += [
         "## What is measured",
         "",

@@ -23,6 +23,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -199,6 +200,28 @@ def run_arms(kind: str, args: argparse.Namespace, with_wandb: bool) -> dict[str,
     return {"setup": setup, "rounds": rounds, "arms": summarize_arms(names, records, arms)}
 
 
+def _pin_helper_threads(core: int) -> None:
+    """Keep every thread of this process but the main one (the training thread) on ``core``, as on a machine
+    whose spare cores run them: a background thread moves threads as they start (writer threads, the
+    logger's event-file thread; threads inherit the pinning of the thread that starts them)."""
+    main = threading.get_native_id()
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {core})  # this thread first
+        done: set[int] = set()
+        while True:
+            for tid in map(int, os.listdir("/proc/self/task")):
+                if tid != main and tid not in done:
+                    try:
+                        os.sched_setaffinity(tid, {core})
+                        done.add(tid)
+                    except OSError:  # the thread ended meanwhile
+                        pass
+            time.sleep(0.05)
+
+    threading.Thread(target=pin, daemon=True, name="bench-pin").start()
+
+
 def overhead_child(args: argparse.Namespace) -> None:
     """One fit of one arm of :func:`run_overhead`, in a fresh process pinned to ``--core``; from ``--go``."""
     from benchmarks import arms as A
@@ -206,13 +229,15 @@ def overhead_child(args: argparse.Namespace) -> None:
 
     if args.core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.core})  # inherited by the render process the suite starts
-    if args.free_core is not None and args.overhead_child == "suite":  # a core left for the render process
-        from lightning_viz.core import renderer
+    if args.free_core is not None:  # a core left for the rest: the render process and every helper thread
+        if args.overhead_child == "suite":
+            from lightning_viz.core import renderer
 
-        drawing = renderer.get_renderer()
-        drawing.start()
-        if drawing.pid is not None:
-            os.sched_setaffinity(drawing.pid, {args.free_core})
+            drawing = renderer.get_renderer()
+            drawing.start()
+            if drawing.pid is not None:
+                os.sched_setaffinity(drawing.pid, {args.free_core})
+        _pin_helper_threads(args.free_core)
     loaders = A.synthetic_loaders(args.cnn_train, args.cnn_val, (1, 8, 8), 10, 64)
     root = tempfile.mkdtemp(prefix="lvbench-overhead-")
     timed_fit(A.Arm("warm-up", list), A.digits_cnn, loaders, device="cpu", root=root, max_steps=50)
@@ -238,10 +263,11 @@ def overhead_child(args: argparse.Namespace) -> None:
 def run_overhead(args: argparse.Namespace, setting: str = "all_busy") -> dict[str, Any]:
     """The headline ``suite_overhead_ratio``: B0 and the full suite (defaults) on the example CNN, side by side.
 
-    ``setting="core_free"`` (``suite_overhead_core_free_ratio``, the setting users have): both arms share one
-    core, and the suite's render process is moved to the other one, so figures are drawn there while the
-    suite trains (and the training thread never waits for them); the default, ``"all_busy"``, is described
-    below: the suite's every core trains, so its figures are drawn while its training thread waits for them.
+    ``setting="core_free"`` (the headline ``suite_overhead_ratio``, the setting users have): both arms train on
+    one core, and the suite's render process and every other thread of both arms are moved to the other one,
+    so figures are drawn there while the suite trains (and the training thread never waits for them);
+    ``"all_busy"`` (``suite_overhead_all_busy_ratio``) is described below: the suite's every core trains, so
+    its figures are drawn while its training thread waits for them.
 
     This machine's speed wanders by tens of percent within seconds (shared host), so fits run one after the
     other differ by more than the 5% to resolve (two identical B0 fits: up to 15% apart). Each round therefore
@@ -545,11 +571,17 @@ def main(argv: list[str] | None = None) -> None:
         res["wall_seconds"] += old.get("wall_seconds", 0.0)
         res["open_figures_after_arms"] = max(res["open_figures_after_arms"], old["open_figures_after_arms"])
         res["earlier_machine"] = old["machine"]
+    if (out / name).exists():  # the GPU rows of `make gpu-check` come from another machine: always kept
+        gpu = json.loads((out / name).read_text()).get("gpu")
+        if gpu is not None:
+            res["gpu"] = gpu
     headline = {}
-    if "overhead" in res:  # steady state: what a long run pays per step; one-off costs are reported beside it
-        headline["suite_overhead_ratio"] = res["overhead"]["median_ratio"]
+    # steady state: what a long run pays per step (one-off costs are reported beside it), in the setting users
+    # have (a core left for the rest), and with every core training
     if "overhead_core_free" in res:
-        headline["suite_overhead_core_free_ratio"] = res["overhead_core_free"]["median_ratio"]
+        headline["suite_overhead_ratio"] = res["overhead_core_free"]["median_ratio"]
+    if "overhead" in res:
+        headline["suite_overhead_all_busy_ratio"] = res["overhead"]["median_ratio"]
     if "latency" in res:
         headline["figure_latency_s"] = res["latency"]["core_free"]["figure_latency_s"]
         headline["figure_latency_all_busy_s"] = res["latency"]["all_busy"]["figure_latency_s"]

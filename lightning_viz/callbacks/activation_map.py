@@ -177,9 +177,8 @@ class ActivationMapCallback(VizCallback):
         self._passed = self._collector(pictures=False)  # what the capture forward in progress collects
         self._resolved = False
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(output_dir=self.output_dir, layers=self.layers)
+    def state_fields(self) -> dict[str, Any]:
+        return {"output_dir": self.output_dir, "layers": self.layers}
 
     def records(self) -> frozenset[str]:
         return frozenset({"activation_stats"})

@@ -85,9 +85,8 @@ class MetricPlotCallback(VizCallback):
         self.reset = reset
         self._resolved: dict[str, Metric] = {}
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(output_dir=self.output_dir, metrics=self.metrics, stage=self.stage)
+    def state_fields(self) -> dict[str, Any]:
+        return {"output_dir": self.output_dir, "metrics": self.metrics, "stage": self.stage}
 
     # ------------------------------------------------------------------ setup
     def check_model(self, pl_module: LightningModule) -> None:

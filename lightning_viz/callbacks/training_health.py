@@ -139,9 +139,8 @@ class TrainingHealthCallback(VizCallback):
         self._origin_tried: set[int] = set()
         self._drawn = -1
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(output_dir=self.output_dir, monitor=self.monitor)
+    def state_fields(self) -> dict[str, Any]:
+        return {"output_dir": self.output_dir, "monitor": self.monitor}
 
     @property
     def findings(self) -> list[dict[str, Any]]:

@@ -131,10 +131,9 @@ class WeightHistogramCallback(VizCallback):
         self._drawn_version = 0
         self._captured_epoch = -1
 
-    @property
-    def state_key(self) -> str:
+    def state_fields(self) -> dict[str, Any]:
         layers = tuple(self.layers) if self.layers else None
-        return self._generate_state_key(output_dir=self.output_dir, log=self.log_what, layers=layers)
+        return {"output_dir": self.output_dir, "log": self.log_what, "layers": layers}
 
     def records(self) -> frozenset[str]:
         # a record of every parameter's weights and gradients; one of some layers is published but partial

@@ -195,15 +195,26 @@ class VizCallback(Callback):
                 self.render(trainer, reduced)
 
     # ------------------------------------------------------------------ identity and state
+    def state_fields(self) -> dict[str, Any]:
+        """The arguments that tell two callbacks of this class apart in a checkpoint (see ``state_key``)."""
+        return {"output_dir": self.output_dir}
+
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(output_dir=self.output_dir)
+        # Lightning reads every callback's state_key at every hook it calls (its profiler's action name):
+        # made once per run (setup clears it), not a dict repr per hook and callback
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self.__dict__["_state_key"] = self._generate_state_key(**self.state_fields())
+        return key
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.__dict__.pop("_state_key", None)  # the arguments as they are for this run
         renderer.mode()  # a wrong LIGHTNING_VIZ_RENDER fails here, naming the valid choices
         if distributed.world_size() > 1:
             distributed.destroy_group_at_exit()  # a gloo group must not outlive the interpreter's finalization
+            distributed.use_root_device(getattr(trainer.strategy, "root_device", None))
         # trainer.log_dir broadcasts from rank 0, so every rank calls it and agrees on the directory.
         log_dir = trainer.log_dir or trainer.default_root_dir
         self.viz_dir = Path(self.output_dir) if self.output_dir else Path(log_dir) / "viz" / self.viz_name

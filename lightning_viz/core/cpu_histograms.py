@@ -102,26 +102,39 @@ def index_dtype(max_abs_index: int) -> torch.dtype:
     return torch.int32 if max_abs_index < 2**31 else torch.int64
 
 
+PAIR_BINS_MAX = 128  # up to this many bins, values are counted two at a time (see `count_chunked`)
+
+
 def count_chunked(flat: torch.Tensor, w: float, k: int, bins: int) -> tuple[torch.Tensor, float, float]:
     """Counts, sum and sum of squares of the finite 1-D CPU tensor ``flat`` in one pass over memory.
 
     Each ``CPU_CHUNK`` is read from memory once; while it is in cache it is summed, dotted with itself and
-    binned: multiply by ``1 / w`` (exact), floor, convert to integers (exact: see :func:`index_dtype`),
-    subtract ``k`` and ``bincount``. No clamp is needed: every finite value lies in ``[k*w, (k+bins)*w)``
-    by construction of :func:`bin_plan` (min and max come from the same values, and ``floor`` of an exact
-    power-of-two scaling is monotonic); an index outside ``[0, bins)`` raises instead of miscounting.
+    binned: multiply by ``1 / w`` (exact), floor, subtract ``k`` (exact: integers), convert to the smallest
+    integer type that holds the indices and count. No clamp is needed: every finite value lies in
+    ``[k*w, (k+bins)*w)`` by construction of :func:`~lightning_viz.core.stats.bin_plan` (min and max come
+    from the same values, and ``floor`` of an exact power-of-two scaling is monotonic); an index outside
+    ``[0, bins)`` raises instead of miscounting.
+
+    Counting is ``bincount``, a serial loop whose every step adds one to a counter; with few bins the same
+    counter comes back step after step and each addition waits for the previous one. Up to
+    ``PAIR_BINS_MAX`` bins, values are therefore counted as pairs (the first half of a chunk with its second
+    half): ``bins * a + b`` indexes a ``bins x bins`` table, half as many steps spread over many counters,
+    and the counts are the table's row sums plus its column sums.
 
     Returns:
         ``[bins]`` int64 counts, the sum and the sum of squares (float32 sums of each chunk, added in float64).
     """
     n = flat.numel()
-    total = torch.zeros(bins, dtype=torch.int64)
+    pairs = bins <= PAIR_BINS_MAX
+    total = torch.zeros(bins * bins if pairs else bins, dtype=torch.int64)
+    single = torch.zeros(bins, dtype=torch.int64)  # the last value of an odd-length tensor, unpaired
     if n == 0:
-        return total, 0.0, 0.0
+        return single, 0.0, 0.0
     inv = 1.0 / w
     m = min(CPU_CHUNK, n)
     buf = torch.empty(m, dtype=flat.dtype)
-    ibuf = torch.empty(m, dtype=index_dtype(abs(k) + bins))
+    ibuf = torch.empty(m, dtype=torch.int16 if pairs else index_dtype(abs(k) + bins))
+    pbuf = torch.empty(m // 2, dtype=torch.int16)  # bins * a + b < 128 * 128
     # With w > 2, a negative value of tiny magnitude can make x * (1 / w) underflow to -0.0, whose floor is 0,
     # not -1: then (and only then) correct those values explicitly.
     fix_underflow = w > 2.0 and k < 0
@@ -136,16 +149,34 @@ def count_chunked(flat: torch.Tensor, w: float, k: int, bins: int) -> tuple[torc
         b.floor_()
         if fix_underflow:
             b.sub_(((b == 0) & (piece < 0)).to(b.dtype))
+        b.sub_(k)  # integers: exact
         i = ibuf[: piece.numel()]
         i.copy_(b)
-        i.sub_(k)
-        counts = torch.bincount(i, minlength=bins)
-        if counts.numel() != bins:  # a value outside the planned range: never a silent miscount
-            raise RuntimeError(f"histogram index out of range ({counts.numel()} > {bins} bins)")
-        total += counts
+        if not pairs:
+            counts = torch.bincount(i, minlength=bins)
+            if counts.numel() != bins:  # a value outside the planned range: never a silent miscount
+                raise RuntimeError(f"histogram index out of range ({counts.numel()} > {bins} bins)")
+            total += counts
+            continue
+        lo, hi = (int(v) for v in torch.aminmax(i))
+        if lo < 0 or hi >= bins:  # a value outside the planned range: never a silent miscount
+            raise RuntimeError(f"histogram index out of range ([{lo}, {hi}] for {bins} bins)")
+        half = i.numel() // 2
+        if i.numel() % 2:
+            single[int(i[-1])] += 1
+        pair = pbuf[:half]
+        torch.add(
+            i[half : 2 * half], i[:half], alpha=bins, out=pair
+        )  # contiguous halves: any pairing will do
+        total += torch.bincount(pair, minlength=bins * bins)
+    if pairs:
+        grid = total.view(bins, bins)  # grid[a, b]: pairs whose first value is in bin a, second in bin b
+        single += grid.sum(0) + grid.sum(1)
+    else:
+        single += total
     s = float(torch.stack(sums).to(torch.float64).sum())
     sq = float(torch.stack(squares).to(torch.float64).sum())
-    return total, s, sq
+    return single, s, sq
 
 
 def _cpu_count_batch(

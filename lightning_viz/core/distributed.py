@@ -93,9 +93,26 @@ def is_emitter(trainer: Any = None) -> bool:
     return global_rank() == 0
 
 
+_ROOT_DEVICE: torch.device | None = None  # the running strategy's root device (see `use_root_device`)
+
+
+def use_root_device(device: torch.device | None) -> None:
+    """Run NCCL collectives on ``device``: the strategy's root device (``trainer.strategy.root_device``),
+    which the callbacks pass at setup. ``torch.cuda.current_device()`` is not that device where a launcher
+    leaves every worker's current device at ``cuda:0`` (Ray Train; ray PR #42751): then every rank's
+    collectives would run on GPU 0 and hang."""
+    global _ROOT_DEVICE
+    _ROOT_DEVICE = device
+
+
 def collective_device(reference: torch.Tensor | None = None) -> torch.device:
-    """The device collectives run on: CUDA for NCCL, else the reference tensor's device or CPU."""
+    """The device collectives run on: for NCCL the strategy's root device (or the reference tensor's CUDA
+    device, or the current CUDA device, in that order), else the reference tensor's device or CPU."""
     if is_initialized() and dist.get_backend() == "nccl":
+        if _ROOT_DEVICE is not None and _ROOT_DEVICE.type == "cuda":
+            return _ROOT_DEVICE
+        if reference is not None and reference.device.type == "cuda":
+            return reference.device
         return torch.device("cuda", torch.cuda.current_device())
     if reference is not None and reference.device.type != "meta":
         return reference.device

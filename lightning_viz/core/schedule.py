@@ -120,8 +120,10 @@ class Schedule:
         optimizer uses (the gradients) still exists; by the epoch end Lightning has set the gradients to
         ``None`` for validation. ``False`` when the epoch's length is unknown.
         """
-        index = optimizer_index(trainer, optimizer)
         n = self.steps(trainer)
+        if n is None and self.every_n_epochs is None:  # captures off (a callback of fit start only)
+            return 0, False, False
+        index = optimizer_index(trainer, optimizer)
         if self._manual:  # trainer.global_step counts the steps of every optimizer: count each one's own
             own = self.opt_steps.get(index, 0)
             self.opt_steps[index] = own + 1

@@ -164,3 +164,16 @@ def test_checkpoint_with_an_older_state_layout_loads_with_a_warning(runs, tmp_pa
     assert names[0] == "conv1.bias" and "conv1.weight" in names  # the broken one started afresh
     assert resumed[2].history["conv1"]["nonfinite"] == [0, 0]
     assert resumed[2].history["conv1"]["step"] == [4, 8]
+
+
+def test_state_key_is_made_once_per_run_and_follows_the_arguments(tmp_path):
+    """Lightning reads state_key at every hook: it is cached, and a changed argument shows after setup."""
+    cb = WeightHistogramCallback(output_dir=str(tmp_path / "a"), log="weights")
+    assert cb.state_key == "WeightHistogramCallback" + repr(
+        {"output_dir": str(tmp_path / "a"), "log": "weights", "layers": None}
+    )
+    assert cb.state_key is cb.state_key  # the same string object: not made again
+    cb.output_dir = str(tmp_path / "b")
+    trainer = make_trainer(tmp_path, callbacks=[cb])
+    cb.setup(trainer, TinyCNN(), "fit")
+    assert str(tmp_path / "b") in cb.state_key
