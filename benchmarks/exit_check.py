@@ -1,7 +1,8 @@
-"""Clean exits of DDP runs through the ``lightning-viz`` command: ``python -m benchmarks.exit_check [N]``.
+"""Clean exits of distributed runs through the ``lightning-viz`` command:
+``python -m benchmarks.exit_check [N] [STRATEGY_CONFIG]``.
 
 Runs ``lightning-viz fit --config configs/quickstart.yaml --config configs/ddp.yaml`` (2 CPU processes,
-gloo) N times with the callbacks and N times without (``--trainer.callbacks=[] --viz_defaults=false``),
+gloo; ``configs/fsdp.yaml`` or another overlay when named) N times with the callbacks and N times without (``--trainer.callbacks=[] --viz_defaults=false``),
 alternating, each for one epoch of 6 batches in a fresh temporary directory, and counts the runs that did not
 exit cleanly: a non-zero exit status, or "terminate called" on stderr (a rank that aborted at exit). It
 prints one line per run and the counts, and exits 1 when any run failed. Not part of ``make test`` (about 20
@@ -17,20 +18,17 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BASE = [
-    "fit",
-    "--config",
-    str(REPO / "configs" / "quickstart.yaml"),
-    "--config",
-    str(REPO / "configs" / "ddp.yaml"),
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=6",
-    "--trainer.limit_val_batches=2",
-]
-ARMS = {
-    "with callbacks": BASE,
-    "without callbacks": [*BASE, "--trainer.callbacks=[]", "--viz_defaults=false"],
-}
+
+
+def arms(overlay: str = "ddp.yaml") -> dict[str, list[str]]:
+    """The command's arguments with the callbacks and without, for the strategy config ``overlay``."""
+    base = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml")]
+    base += ["--config", str(REPO / "configs" / overlay), "--trainer.max_epochs=1"]
+    base += ["--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2"]
+    return {
+        "with callbacks": base,
+        "without callbacks": [*base, "--trainer.callbacks=[]", "--viz_defaults=false"],
+    }
 
 
 def one_run(args: list[str]) -> tuple[bool, str]:
@@ -58,9 +56,10 @@ def one_run(args: list[str]) -> tuple[bool, str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     n = int(args[0]) if args else 50
-    failed = {arm: 0 for arm in ARMS}
+    runs = arms(*args[1:2])
+    failed = {arm: 0 for arm in runs}
     for i in range(n):
-        for arm, run_args in ARMS.items():
+        for arm, run_args in runs.items():
             ok, why = one_run(run_args)
             failed[arm] += not ok
             print(f"run {i + 1}/{n} {arm}: {'clean' if ok else 'FAILED, ' + why}", flush=True)
