@@ -37,6 +37,7 @@ import lightning_viz
 import lightning_viz.callbacks  # imported so that `fit --help` lists every lightning-viz callback
 from lightning_viz.core import distributed, errors
 from lightning_viz.core.base import VizCallback
+from lightning_viz.core.pacing import DrawingPacer
 
 # What is on when no lightning-viz callback is configured (``--viz_defaults=false`` turns it off).
 DEFAULT_CALLBACKS = (
@@ -159,6 +160,7 @@ class VizCLI(LightningCLI):
                 )
         trainer = super().instantiate_trainer(**kwargs)
         self._prepare_renderer(trainer)
+        setattr(trainer, DrawingPacer.SAYS_WHERE, True)  # after_fit names the folders (and the report)
         return trainer
 
     @staticmethod

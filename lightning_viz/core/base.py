@@ -223,7 +223,8 @@ class VizCallback(Callback):
         self._sinks = drop_unwritable_files(self._sinks, self.viz_dir, type(self).__name__)
         if self._sinks:  # figures will be drawn here: let the render process load matplotlib now
             renderer.get_renderer().start(preload=self.render_modules)
-            pacing.DrawingPacer.attach(trainer)  # cumulative figures while every core trains
+            # pacing: cumulative figures while every core trains; the folder named at fit end (<log_dir>/viz)
+            pacing.DrawingPacer.attach(trainer, self.viz_dir if self.output_dir else self.viz_dir.parent)
         try:
             self.check_setup(trainer, pl_module, stage)
         except ValueError as err:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -156,15 +157,25 @@ class DrawingPacer(Callback):
     calling ``super()``, so the pacing has a callback of its own. Last in the list, its ``on_fit_end`` runs
     after every other callback has drawn its final figures."""
 
+    SAYS_WHERE = (
+        "_lightning_viz_says_where"  # a Trainer attribute: the lightning-viz command names the folders
+    )
+
     def __init__(self) -> None:
         self.pacer = Pacer()
+        self.dirs: list[Path] = []  # the callbacks' output folders, named at fit end
 
     @classmethod
-    def attach(cls, trainer: Trainer) -> None:
-        """Add one to ``trainer`` unless it has one; checks the environment variables (``ValueError``)."""
+    def attach(cls, trainer: Trainer, viz_dir: Path | None = None) -> None:
+        """Add one to ``trainer`` unless it has one, and note ``viz_dir``, a callback's output folder;
+        checks the environment variables (``ValueError``)."""
         settings.redraw_every_s(), wait_share()  # a wrong value fails here, naming the variable
-        if not any(isinstance(cb, cls) for cb in trainer.callbacks):  # type: ignore[attr-defined]
-            trainer.callbacks.append(cls())  # type: ignore[attr-defined]
+        pacer = next((cb for cb in trainer.callbacks if isinstance(cb, cls)), None)  # type: ignore[attr-defined]
+        if pacer is None:
+            pacer = cls()
+            trainer.callbacks.append(pacer)  # type: ignore[attr-defined]
+        if viz_dir is not None and viz_dir not in pacer.dirs:
+            pacer.dirs.append(viz_dir)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.pacer.reset()
@@ -184,3 +195,7 @@ class DrawingPacer(Callback):
         line = self.pacer.summary()
         if line:
             rank_zero_info(line)
+        if not getattr(trainer, self.SAYS_WHERE, False):  # a fit of the user's own script, a Ray Train worker
+            written = [d for d in self.dirs if d.is_dir() and any(f.is_file() for f in d.rglob("*"))]
+            if written:
+                rank_zero_info(f"lightning-viz: pictures are in {', '.join(str(d) for d in written)}")

@@ -13,6 +13,7 @@ order. Each case then checks the numbers it is about.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import warnings
@@ -474,3 +475,22 @@ def test_planted_dead_layer(tmp_path, functional_dead):
     assert record["conv2"]["dead_fraction"] > 0.99 and 0.05 < record["conv1"]["dead_fraction"] < 0.5
     if not functional_dead:
         assert any("dead units" in w and "act2" in w for w in run.warnings), run.warnings
+
+
+def test_a_fit_of_ones_own_script_says_where_the_pictures_are(tmp_path, caplog):
+    """Outside the lightning-viz command (a user's script, a Ray Train worker) the fit ends with one line
+    naming the folder: <log_dir>/viz for the callbacks at their default folder, a custom output_dir as is."""
+    custom = tmp_path / "mine"
+    cbs = [WeightHistogramCallback(every_n_steps=2), CurvePlotCallback(output_dir=str(custom))]
+    trainer = make_trainer(tmp_path, cbs, max_epochs=1, limit_train_batches=4, limit_val_batches=1)
+    log = logging.getLogger("lightning.pytorch")  # Lightning's console logger (does not propagate)
+    log.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    try:
+        trainer.fit(TinyCNN(), datamodule=RandomImages(n=32, batch_size=8))
+    finally:
+        log.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if "pictures are in" in r.getMessage()]
+    viz = Path(trainer.log_dir) / "viz"
+    assert lines == [f"lightning-viz: pictures are in {viz}, {custom}"], lines
+    assert any(viz.rglob("*.png")) and any(custom.rglob("*.png"))
