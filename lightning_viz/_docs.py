@@ -36,6 +36,7 @@ CALLBACKS = (
     "ActivationMapCallback",
     "CurvePlotCallback",
     "TrainingHealthCallback",
+    "RankViewCallback",
     "MetricPlotCallback",
     "ReportCallback",
 )

@@ -57,6 +57,11 @@ def _destroy_group() -> None:
             dist.destroy_process_group()
         except Exception:  # at exit: nothing left to protect
             pass
+        # What still holds the groups (an FSDP2 device mesh in a reference cycle with the trainer and the
+        # model) goes now, while the interpreter is whole, not during its finalization
+        import gc
+
+        gc.collect()
 
 
 def world_size() -> int:
@@ -133,6 +138,31 @@ def _all_reduce(buf: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
     CollectiveCounter.count += 1
     dist.all_reduce(buf, op=op)
     return buf
+
+
+def gather_rows(
+    row: torch.Tensor, *, failed: bool = False, device: torch.device | None = None
+) -> tuple[torch.Tensor, bool]:
+    """Every rank's ``row`` (a 1-D float tensor of the same length everywhere), in rank order: one
+    all-gather when distributed, with this rank's failure riding along as an extra value.
+
+    Returns:
+        ``[world_size, len(row)]`` float64 on the host, and whether the capture failed on any rank.
+    """
+    dev = device or collective_device(row)
+    flat = torch.cat(
+        [
+            row.detach().reshape(-1).to(dev, torch.float64),
+            torch.tensor([float(failed)], device=dev, dtype=torch.float64),
+        ]
+    )
+    if not is_initialized() or world_size() == 1:
+        return flat[:-1].cpu().reshape(1, -1), failed
+    CollectiveCounter.count += 1
+    parts = [torch.empty_like(flat) for _ in range(world_size())]
+    dist.all_gather(parts, flat)
+    rows = torch.stack(parts).cpu()
+    return rows[:, :-1], bool((rows[:, -1] > 0).any())
 
 
 def reduce_values(

@@ -2,12 +2,13 @@
 
 A callback's capture returns one of these on every rank; :class:`~lightning_viz.core.base.VizCallback`
 reduces it (:meth:`Captured.reduce`, the same collectives on every rank) and hands the result to the
-callback's ``keep`` (every rank) and ``render`` (rank 0). Two kinds cover the suite:
+callback's ``keep`` (every rank) and ``render`` (rank 0). Three kinds cover the suite:
 
 * :class:`Sums`: tensors of fixed shapes whose fields combine as declared, the way torchmetrics declares
   ``dist_reduce_fx`` (``{"sums": "sum", "flags": "max"}``): one :func:`~lightning_viz.core.distributed.
   reduce_values` call, at most two collectives. A rank whose capture failed passes placeholders of the same
   shapes and ``failed=True``; the record is then skipped on every rank.
+* :class:`PerRank`: a few values of each rank, gathered apart (one all-gather): per-rank views.
 * :class:`Tensors`: tensors whose exact histograms are the record (the histogram contract of
   :mod:`~lightning_viz.core.stats`: one shared bin plan, counts summed over ranks; two collectives), with
   the loss scale gradients may still carry taken out (:mod:`~lightning_viz.core.precision`).
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from lightning_viz.core import precision, stats
-from lightning_viz.core.distributed import Reduction, reduce_values
+from lightning_viz.core.distributed import Reduction, gather_rows, reduce_values
 
 
 @dataclass
@@ -106,3 +107,26 @@ class Tensors(Captured):
         if failed:
             return None
         return Reduced(self.step, hs, self.meta)
+
+
+@dataclass
+class PerRank(Captured):
+    """One value per field on each rank, kept apart: the reduce phase gathers every rank's (one all-gather).
+
+    Attributes:
+        step: the global step of the capture.
+        names: the fields, in the same order on every rank.
+        values: ``[len(names)]`` float tensor of this rank (NaN where a field has no value).
+        failed: this rank's capture failed (``values`` are placeholders of the right shape).
+    """
+
+    step: int
+    names: list[str]
+    values: torch.Tensor
+    failed: bool = False
+
+    def reduce(self) -> Reduced | None:
+        rows, failed = gather_rows(self.values, failed=self.failed)
+        if failed:
+            return None
+        return Reduced(self.step, {"names": list(self.names), "rows": rows.numpy()})

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -120,6 +121,43 @@ class ParamProbe(Callback):
         np.savez(self.out / f"params_rank{rank}_step{step:06d}.npz", **arrays)
 
 
+class SlowData(Callback):
+    """Sleeps on one rank before every training batch (as a slow data loader would), before the callbacks."""
+
+    def __init__(self, rank: int, seconds: float) -> None:
+        self.rank, self.seconds = rank, seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank:
+            time.sleep(self.seconds)
+
+
+class PerturbReplica(Callback):
+    """On one rank at one step, after the optimizer step, changes one weight: a replica that differs."""
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] += 1e-3
+
+
+class LossProbe(Callback):
+    """Each rank's own training loss at every step, saved as loss_rank<R>.json at fit end."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.losses = out, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses[trainer.global_step - 1] = float(loss)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        (self.out / f"loss_rank{trainer.global_rank}.json").write_text(json.dumps(self.losses))
+
+
 class SlowRank(Callback):
     """Sleeps on one rank at logging steps, before the visualisation callbacks run."""
 
@@ -140,6 +178,7 @@ def build_callbacks(spec: dict) -> list[Callback]:
         "weights": lambda: lv.WeightHistogramCallback(every_n_steps=every, bins=16),
         "activations": lambda: lv.ActivationMapCallback(every_n_epochs=1, sample_size=4),
         "curves": lambda: lv.CurvePlotCallback(),
+        "rankview": lambda: lv.RankViewCallback(every_n_steps=every),
     }
     names = spec.get("callbacks", list(table))
     return [table[n]() for n in names]
@@ -177,6 +216,12 @@ def main() -> None:
         )
     if steps:
         extra.append(ParamProbe(steps, out))
+    if spec.get("slow_data_rank") is not None:
+        extra.append(SlowData(spec["slow_data_rank"], spec.get("slow_data_seconds", 0.05)))
+    if spec.get("perturb_rank") is not None:
+        extra.append(PerturbReplica(spec["perturb_rank"], spec.get("perturb_step", 4)))
+    if spec.get("loss_probe"):
+        extra.append(LossProbe(out))
     for cb in callbacks:
         instrument(cb, counter, steps, [])
 
