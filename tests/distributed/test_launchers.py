@@ -21,7 +21,7 @@ from tests.distributed.test_distributed import (
 )
 from tests.helpers import read_events
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.engines]
 
 SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2"]
 

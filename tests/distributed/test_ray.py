@@ -24,7 +24,7 @@ from tests.distributed.test_distributed import (
 )
 
 pytest.importorskip("ray.train.lightning", reason="Ray Train is a test extra (pip install 'ray[train]')")
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.engines]
 
 JOB = ROOT / "tests" / "distributed" / "ray_job.py"
 SPEC = {"every_n_steps": 2, "probe_steps": [0, 2], "max_epochs": 2}
