@@ -180,7 +180,7 @@ def build_callbacks(spec: dict) -> list[Callback]:
         "curves": lambda: lv.CurvePlotCallback(),
         "rankview": lambda: lv.RankViewCallback(every_n_steps=every),
     }
-    names = spec.get("callbacks", list(table))
+    names = spec.get("callbacks", ["summary", "weights", "activations", "curves"])  # the core four
     return [table[n]() for n in names]
 
 
