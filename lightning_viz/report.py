@@ -7,7 +7,8 @@ an e-mail attachment. It opens with the run summary (:mod:`lightning_viz.report_
 classes, epochs, steps, wall time, final and best metrics, the resolved config); then sections, each
 present when its files are:
 
-* health findings (``training_health/health_summary.json``), first, since they say where to look;
+* health findings (``training_health/health_summary.json``), first, since they say where to look; the
+  per-rank findings (``rank_view/findings.json``) in their section;
 * the model summary table (``model_summary/summary.json``; the model's torchmetrics objects are not
   layers and are named below it instead) and its figure;
 * every other callback's figures, grouped into series by file stem: ``maps_step000046.png`` and
@@ -218,7 +219,9 @@ def _health_html(health: Any) -> str:
         out.append("<th>step</th><th>check</th><th>layer</th><th>finding</th></tr></thead><tbody>")
         for f in findings:
             f = f if isinstance(f, dict) else {"message": f}
-            cells = [f.get("step", ""), f.get("check", ""), f.get("layer", "") or "", f.get("message", "")]
+            rank = f"rank {f['rank']}" if f.get("rank") is not None else ""  # RankViewCallback's findings
+            where = f.get("layer", "") or rank
+            cells = [f.get("step", ""), f.get("check", f.get("kind", "")), where, f.get("message", "")]
             out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
         out.append("</tbody></table>")
     for k, v in (health.get("unavailable") or {}).items() if isinstance(health, dict) else []:
@@ -249,6 +252,8 @@ def build_report(viz_dir: str | Path, out: str | Path | None = None, *, max_fram
         body = []
         if folder.name == "training_health" and (folder / "health_summary.json").exists():
             body.append(_health_html(_read_json(folder / "health_summary.json")))
+        if folder.name == "rank_view" and (folder / "findings.json").exists():  # which rank departs
+            body.append(_health_html(_read_json(folder / "findings.json")))
         summary = _read_json(folder / "summary.json") if (folder / "summary.json").exists() else None
         if isinstance(summary, dict) and "rows" in summary:
             body.append(_summary_html(summary, metrics))

@@ -57,6 +57,10 @@ def test_per_rank_view_of_a_ddp_job_names_the_straggler_and_the_changed_replica(
         "ranks_time.png",
         "ranks_activations.png",
     }
+    from lightning_viz.report import build_report
+
+    page = build_report(viz.parent).read_text()  # the findings are in the report's section too
+    assert "Ranks side by side" in page and "rank 1 is a straggler" in page and "replica differs" in page
 
 
 def test_identical_replicas_on_even_ranks_find_nothing(tmp_path):
