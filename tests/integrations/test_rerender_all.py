@@ -22,6 +22,7 @@ from lightning_viz import (
     CurvePlotCallback,
     MetricPlotCallback,
     ModelSummaryCallback,
+    RankViewCallback,
     ReportCallback,
     TrainingHealthCallback,
     WeightHistogramCallback,
@@ -39,6 +40,7 @@ KINDS = {
     "curves": {"curves"},
     "training_health": {"health"},
     "metric_plot": {"val_confmat", "val_roc"},
+    "rank_view": {"ranks_loss", "ranks_time", "ranks_activations"},
 }
 
 
@@ -66,6 +68,7 @@ def every_callback() -> list:
         CurvePlotCallback(),
         MetricPlotCallback(metrics=["val_confmat", "val_roc"]),
         TrainingHealthCallback(every_n_steps=2),
+        RankViewCallback(every_n_steps=2),
         ReportCallback(),
     ]
 
