@@ -9,8 +9,7 @@ Usage::
 The arms are those of the CPU benchmark's resnet50 part (``benchmarks.arms.resnet_arms``: B0, the
 TensorBoard peer, ``wandb.watch`` offline, WeightHistogram at N = 10, the full suite at its defaults), each
 trained one after the other in this process, the order rotating every round, with the step clocks of
-``benchmarks.measure``. Added here for CUDA: the fits run under ``precision``
-(``benchmarks.measure.timed_fit`` has no such argument) on data already on the device, peak GPU memory is
+``benchmarks.measure``. Added here for CUDA: the fits run under ``precision`` on data already on the device, peak GPU memory is
 read per fit, and the histograms are timed against a floor that does not synchronise once per tensor
 (``benchmarks.measure.histogram_micro``'s floor calls ``float()`` on every sum: 322 host syncs on a GPU).
 """
@@ -31,13 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningModule, Trainer, seed_everything
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch import LightningModule
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks import arms as A
-from benchmarks.measure import MB, ClockEnd, ClockStart, FitRecord, _Clock
+from benchmarks import measure
+from benchmarks.measure import MB, FitRecord
 from benchmarks.run import _quiet, machine, summarize_arms
 from lightning_viz.core import stats
 from lightning_viz.core.files import atomic_write_bytes
@@ -90,32 +89,16 @@ def timed_fit(
     epochs: int,
 ) -> tuple[FitRecord, float]:
     """``benchmarks.measure.timed_fit`` under ``precision``; also returns the fit's peak GPU memory (MB)."""
-    seed_everything(0, verbose=False)
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, callbacks = factory(), arm.callbacks()
-    peer = next((cb for cb in callbacks if isinstance(cb, A.WandbWatchPeer)), None)
-    clock = _Clock(device, (lambda: peer.calls) if peer else None, rss_every=10)
     root = tempfile.mkdtemp(prefix="lvbench-gpu-")
-    trainer = Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
-        precision=precision,
-        max_epochs=epochs,
-        logger=TensorBoardLogger(root, name="arm"),
-        callbacks=[ClockStart(clock), *callbacks, ClockEnd(clock)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=5,  # as in the CPU benchmark (the suite arm's logging steps assume it)
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-    )
-    trainer.fit(model, *loaders)
+    rec = measure.timed_fit(
+        arm, factory, loaders, device=device, root=root, max_epochs=epochs, precision=precision
+    )  # log_every_n_steps=5, as in the CPU benchmark (the suite arm's logging steps assume it)
     peak = torch.cuda.max_memory_allocated() / MB if device == "cuda" else math.nan
-    return clock.rec, peak
+    return rec, peak
 
 
 def run_fits(args: argparse.Namespace, factory: Callable[[], LightningModule], with_wandb: bool) -> dict:

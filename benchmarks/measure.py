@@ -138,6 +138,7 @@ def timed_fit(
     max_steps: int = -1,
     log_every_n_steps: int = 5,
     rss_every: int = 10,
+    precision: str = "32-true",
 ) -> FitRecord:
     """Train one arm once (same seed, data and trainer settings for every arm) and time it."""
     seed_everything(0, verbose=False)
@@ -148,6 +149,7 @@ def timed_fit(
     trainer = Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
+        precision=precision,
         max_epochs=max_epochs,
         max_steps=max_steps,
         logger=TensorBoardLogger(root, name="arm"),

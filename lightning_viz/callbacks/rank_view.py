@@ -146,12 +146,21 @@ class RankViewCallback(VizCallback):
         self._last_end: float | None = None
         self._now = 0.0
         self._replicas = True
+        self._modules: dict[str, nn.Module] = {}
+        self._layers: list[str] = []
 
     # ------------------------------------------------------------------ recording (every rank)
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._replicas = not any(
             sharding.is_sharded(p) or getattr(p, "_fsdp_flattened", False) for p in pl_module.parameters()
         )
+        # the layers whose outputs are recorded: the first and last leaf modules that hold parameters
+        self._modules = {
+            n: m
+            for n, m in pl_module.named_modules()
+            if not list(m.children()) and any(True for _ in m.parameters(recurse=False))
+        }
+        self._layers = list(self._modules)
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
@@ -161,26 +170,29 @@ class RankViewCallback(VizCallback):
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def capture_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int) -> None:
-        """A due step opens: note the time, the input batch, and hook the first and last layers."""
+        """A due step opens: note the time, the input batch, and hook the first and last layers.
+
+        The step is noted first, so that this rank reaches the all-gather at the end of the batch whatever
+        fails after (a failure marks the record failed, and every rank skips the step)."""
         data_s = self._now - self._last_end if self._last_end is not None else math.nan
-        pending: dict[str, Any] = {"step": step, "t0": self._now, "data_s": data_s}
+        pending: dict[str, Any] = {"step": step, "t0": self._now, "data_s": data_s, "failed": True}
+        self._pending = pending
         pending["input"] = _moments(_first_float_tensor(batch))
-        leaves = [
-            (n, m)
-            for n, m in pl_module.named_modules()
-            if not list(m.children()) and any(True for _ in m.parameters(recurse=False))
-        ]
-        if leaves:
-            chosen = dict([leaves[0], leaves[-1]])
+        if self._layers:
+            first, last = self._layers[0], self._layers[-1]
 
             def on_output(name: str, module: nn.Module, output: Any) -> None:
-                key = "first" if name == leaves[0][0] else "last"
-                if key not in pending:  # its first call in this step
-                    pending[key] = _moments(_first_float_tensor(output))
+                try:  # inside the user's forward pass: never raise there
+                    for key, which in (("first", first), ("last", last)):
+                        if name == which and key not in pending:  # its first call in this step
+                            pending[key] = _moments(_first_float_tensor(output))
+                except Exception:
+                    pending["failed"] = True
 
+            chosen = {first: self._modules[first], last: self._modules[last]}
             self._hooks = ExitStack()
             self._hooks.enter_context(capture_outputs(pl_module, chosen, on_output, eval_mode=False))
-        self._pending = pending
+        pending["failed"] = False
 
     def _unhook(self) -> None:
         if self._hooks is not None:
@@ -192,7 +204,8 @@ class RankViewCallback(VizCallback):
         if p is not None and "forward_s" not in p:
             p["forward_s"] = time.perf_counter() - p["t0"]
             p["loss"] = loss.detach().float().reshape(-1)[0] if loss.numel() else torch.tensor(math.nan)
-            self._unhook()
+            # the hooks stay until the batch ends: under manual optimization a later forward pass (a second
+            # optimizer's model) runs after this first backward
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -205,7 +218,7 @@ class RankViewCallback(VizCallback):
             with self.guard(trainer, "per-rank recording"):
                 row = self._row(p, now, pl_module)
             # a failure on this rank still takes part in the one all-gather (and the step is skipped on all)
-            failed = row is None
+            failed = row is None or p["failed"]
             placeholder = torch.full((len(FIELDS),), math.nan, dtype=torch.float64)
             self.run_path(
                 trainer,
@@ -261,28 +274,35 @@ class RankViewCallback(VizCallback):
                 )
 
     def figure_data(self, stem: str) -> dict[str, Any]:
-        """The curves data (:mod:`lightning_viz.render.curves`) of one figure: a line per rank."""
+        """The curves data (:mod:`lightning_viz.render.curves`) of one figure: a line per rank, over the
+        steps where the quantity was recorded (a layer inside a compiled module runs no hooks: it shows
+        as recorded at fewer steps, said in the panel's title, or not at all)."""
         world = self.rows[-1].shape[0] if self.rows else 0
         series: dict[str, Any] = {}
         panels = []
         single = len(FIGURES[stem]) == 1
         for title, fields in FIGURES[stem]:
-            names = []
+            names, recorded = [], 0
             for field in fields:
                 j = FIELDS.index(field)
+                scale = 1e3 if field.endswith("_s") else 1.0  # times are drawn in milliseconds
                 for r in range(world):
-                    name = (
-                        f"rank {r}" if single else f"rank {r} · {field.removesuffix('_s')}"
-                    )  # names are unique in a figure
-                    scale = 1e3 if field.endswith("_s") else 1.0  # times are drawn in milliseconds
+                    name = f"rank {r}" if single else f"rank {r} · {field.removesuffix('_s')}"  # unique
+                    kept = [(s, scale * float(rows[r, j])) for s, rows in zip(self.steps, self.rows)]
+                    kept = [(s, v) for s, v in kept if math.isfinite(v)]
+                    recorded = max(recorded, len(kept))
+                    if not kept:
+                        continue
                     series[name] = {
-                        "step": list(self.steps),
-                        "epoch": [0] * len(self.steps),
-                        "value": [scale * float(rows[r, j]) for rows in self.rows],
+                        "step": [s for s, _ in kept],
+                        "epoch": [0] * len(kept),
+                        "value": [v for _, v in kept],
                         "mode": None,
                         "smooth": False,
                     }
                     names.append(name)
+            if 0 < recorded < len(self.steps):
+                title = f"{title} (recorded at {recorded} of {len(self.steps)} logging steps)"
             panels.append({"title": title, "series": names})
         return {"x_axis": "step", "smoothing": 0.0, "mark_best": False, "panels": panels, "series": series}
 

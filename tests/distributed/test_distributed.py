@@ -114,25 +114,24 @@ def assert_no_duplicate_events(run: Path) -> None:
     assert len(list(run.rglob("events.out.tfevents.*"))) == 1, "more than one events file"
 
 
-def run_two(argv: list[str], tmp: Path, env: dict[str, str], rank_var: str) -> None:
-    """Start ``argv`` twice, with ``rank_var`` 0 and 1, under the timeout; fail with their logs if one fails."""
+def run_all(commands: list[tuple[list[str], dict[str, str]]], cwd: Path) -> list[str]:
+    """Start every ``(argv, env)`` at once; their logs; fails with the logs if one fails or overruns."""
     procs = [
-        subprocess.Popen(
-            argv,
-            cwd=tmp,
-            env={**env, rank_var: str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in (0, 1)
+        subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for argv, env in commands
     ]
     try:
         logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     finally:
         for p in procs:
             p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    assert all(p.returncode == 0 for p in procs), "\n---\n".join(log[-4000:] for log in logs)
+    return logs
+
+
+def run_two(argv: list[str], tmp: Path, env: dict[str, str], rank_var: str) -> None:
+    """Start ``argv`` twice, with ``rank_var`` 0 and 1, under the timeout; fail with their logs if one fails."""
+    run_all([(argv, {**env, rank_var: str(r)}) for r in (0, 1)], tmp)
 
 
 def run_quickstart_with(tmp: Path, overlay: str, *overrides: str) -> Path:

@@ -5,7 +5,6 @@ and its weight and gradient histograms equal, bit for bit, those of the same com
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,10 +12,10 @@ import pytest
 
 from tests.distributed.test_distributed import (
     ROOT,
-    TIMEOUT,
     assert_no_duplicate_events,
     clean_env,
     free_port,
+    run_all,
     run_quickstart_with,
 )
 from tests.helpers import read_events
@@ -36,21 +35,6 @@ def quickstart_args(tmp: Path) -> list[str]:
         f"--trainer.default_root_dir={tmp}", f"--trainer.logger.init_args.save_dir={tmp}",
         "--trainer.enable_progress_bar=false",
     ]  # fmt: skip
-
-
-def run_all(commands: list[tuple[list[str], dict[str, str]]], cwd: Path) -> list[str]:
-    """Start every ``(argv, env)`` at once; their logs; fails with the logs if one fails or overruns."""
-    procs = [
-        subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for argv, env in commands
-    ]
-    try:
-        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n---\n".join(log[-4000:] for log in logs)
-    return logs
 
 
 def the_one_run(tmp: Path, logs: list[str]) -> Path:

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import BackboneFinetuning, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
@@ -34,9 +35,11 @@ from lightning_viz import (
     ActivationMapCallback,
     CurvePlotCallback,
     ModelSummaryCallback,
+    RankViewCallback,
     TrainingHealthCallback,
     WeightHistogramCallback,
 )
+from lightning_viz.callbacks.rank_view import FIELDS
 from lightning_viz.core import renderer, writer
 from lightning_viz.core.hooks import hook_count
 from lightning_viz.core.sharding import clean_name
@@ -494,3 +497,76 @@ def test_a_fit_of_ones_own_script_says_where_the_pictures_are(tmp_path, caplog):
     viz = Path(trainer.log_dir) / "viz"
     assert lines == [f"lightning-viz: pictures are in {viz}, {custom}"], lines
     assert any(viz.rglob("*.png")) and any(custom.rglob("*.png"))
+
+
+class CriticAfterBackward(LightningModule):
+    """Dict batches, manual optimization: the classifier steps first; the critic, the model's last layer
+    with parameters, runs only after the classifier's backward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        self.critic = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch, batch_idx):
+        opt_net, opt_critic = self.optimizers()
+        out = self.net(batch["features"])
+        loss = F.cross_entropy(out, batch["target"])
+        opt_net.zero_grad()
+        self.manual_backward(loss)
+        opt_net.step()
+        critic = self.critic(out.detach()).pow(2).mean()
+        opt_critic.zero_grad()
+        self.manual_backward(critic)
+        opt_critic.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.net.parameters(), 0.1), torch.optim.SGD(self.critic.parameters(), 0.1)
+
+
+class OutputProbe(Callback):
+    """The first output of two modules in each batch, recorded by hooks of its own: the independent value."""
+
+    def __init__(self, model: LightningModule) -> None:
+        self.seen: dict[int, dict[str, tuple[float, float]]] = {}
+        self.batch = -1
+        for name in ("net.0", "critic"):
+            model.get_submodule(name).register_forward_hook(self._hook(name))
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            out = output.detach().double()
+            self.seen.setdefault(self.batch, {}).setdefault(name, (float(out.mean()), float(out.std())))
+
+        return hook
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batch = batch_idx
+
+
+def test_rank_view_on_dict_batches_with_two_manual_optimizers(tmp_path):
+    """One process: the first layer (net.0) and the last layer with parameters (critic, run after the first
+    backward pass) are recorded at every logging step, equal to hooks of the test's own; the loss is the
+    first backward's."""
+    g = torch.Generator().manual_seed(0)
+    data = m.DictDataset(
+        features=torch.randn(48, 10, generator=g), target=torch.randint(0, 3, (48,), generator=g)
+    )
+    model = CriticAfterBackward()
+    probe = OutputProbe(model)
+    cb = RankViewCallback(every_n_steps=2)
+    trainer = make_trainer(tmp_path, [probe, cb], max_epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VizWarning)
+        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
+    assert cb.steps == [0, 4, 8]  # both optimizers count: two global steps per batch, every second batch due
+    names = list(FIELDS)
+    for step, rows in zip(cb.steps, cb.rows):
+        batch = step // 2
+        for key, module in (("first", "net.0"), ("last", "critic")):
+            mean, std = probe.seen[batch][module]
+            got = rows[0, names.index(f"{key}_mean")], rows[0, names.index(f"{key}_std")]
+            np.testing.assert_allclose(got, (mean, std), rtol=1e-5, err_msg=f"{key} at step {step}")
+        x = data.columns["features"][batch * 8 : batch * 8 + 8]
+        np.testing.assert_allclose(rows[0, names.index("input_std")], float(x.std()), rtol=1e-5)
