@@ -337,3 +337,74 @@ def place_grid(
         each = wider
         boxes = layout()
     return boxes
+
+
+def flatten_ticks(ax: Axes) -> None:
+    """Draw ``ax``'s ticks as one marker line per side and one text per label, instead of matplotlib's tick
+    objects (two lines and two texts each, built and laid out at every draw: much of a many-panel figure's
+    cost).
+
+    Call it once the ticks are final (after :func:`fit_axes`, or :func:`colorbar_room` for a colour bar):
+    they are drawn where they are now, in axes coordinates, on the sides where they show, with their size,
+    width, colour, label size, rotation and alignment; the axis then has no ticks of its own. An axis with
+    an offset text (``1e-5``), a hidden one, or one with inward ticks is left as it is. The labels are the
+    texts in ``ax.texts`` whose ``gid`` is ``"xtick"`` or ``"ytick"``.
+    """
+    fig = ax.get_figure(root=True)
+    if not ax.axison:
+        return
+    for axis, which in ((ax.xaxis, "x"), (ax.yaxis, "y")):
+        if not axis.get_visible() or axis.major.formatter.get_offset():
+            continue
+        first = axis.get_major_ticks(1)[0]
+        if first._tickdir != "out":
+            continue
+        size, rotation, ha = label_style(axis)
+        sides = []  # (marker line, label text, where along the other axis, direction away from the axes)
+        if first.tick1line.get_visible() or first.label1.get_visible():
+            sides.append((first.tick1line, first.label1, 0.0, -1.0))
+        if first.tick2line.get_visible() or first.label2.get_visible():
+            sides.append((first.tick2line, first.label2, 1.0, 1.0))
+        for ticker, locs, kind in (
+            (axis.major, axis.get_majorticklocs(), "major"),
+            (axis.minor, axis.get_minorticklocs(), "minor"),
+        ):
+            if not len(locs):
+                continue
+            shown, t = _in_view(axis, locs)
+            labels = ticker.formatter.format_ticks(list(shown))
+            length = mpl.rcParams[f"{which}tick.{kind}.size"]
+            width = mpl.rcParams[f"{which}tick.{kind}.width"]
+            pad = mpl.rcParams[f"{which}tick.{kind}.pad"]
+            for line, text, at, sign in sides:
+                if line.get_visible():
+                    across = np.full_like(t, at)
+                    ax.plot(
+                        *((t, across) if which == "x" else (across, t)),
+                        linestyle="none",
+                        marker=line.get_marker(),
+                        markersize=length,
+                        markeredgewidth=width,
+                        color=line.get_color(),
+                        transform=ax.transAxes,
+                        clip_on=False,
+                        zorder=2.01,
+                    )
+                if not text.get_visible():
+                    continue
+                away = sign * (length + pad) * PT
+                place = offset_copy(ax.transAxes, fig, *((0.0, away) if which == "x" else (away, 0.0)))
+                if which == "x":
+                    align = {"ha": ha, "va": "top" if sign < 0 else "bottom", "rotation_mode": "default"}
+                else:
+                    align = {"ha": "right" if sign < 0 else "left", "va": "center_baseline"}
+                    align["rotation_mode"] = "anchor"
+                for ti, label in zip(t, labels):
+                    if label:
+                        xy = (ti, at) if which == "x" else (at, ti)
+                        ax.text(
+                            *xy, label, transform=place, fontsize=size, color=text.get_color(),
+                            rotation=rotation, clip_on=False, gid=f"{which}tick", **align,
+                        )  # fmt: skip
+        axis.set_major_locator(NullLocator())
+        axis.set_minor_locator(NullLocator())

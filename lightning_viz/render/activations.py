@@ -17,7 +17,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator
 
 from lightning_viz.render._figure import new_figure
-from lightning_viz.render._layout import Room, colorbar_room, fit_axes, nice_ticks, place_grid, suptitle
+from lightning_viz.render._layout import (
+    Room,
+    colorbar_room,
+    fit_axes,
+    flatten_ticks,
+    nice_ticks,
+    place_grid,
+    suptitle,
+)
 
 ORDER_WORDS = {
     "mean_activation": "highest mean activation",
@@ -200,6 +208,7 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
         drawn_h = min(hgt, width * shape[0] / max(shape[1], 1))
         y0 = y + (hgt - drawn_h) / 2
         cax.set_position(((left + width + CBAR_GAP) / fig_w, y0 / fig_h, CBAR_WIDTH / fig_w, drawn_h / fig_h))
+        flatten_ticks(cax)
     return fig
 
 

@@ -17,7 +17,15 @@ from matplotlib.text import Text
 from matplotlib.transforms import offset_copy
 
 from lightning_viz.render._figure import new_figure
-from lightning_viz.render._layout import Room, fit_axes, nice_ticks, place_grid, plain_log_axis, text_size
+from lightning_viz.render._layout import (
+    Room,
+    fit_axes,
+    flatten_ticks,
+    nice_ticks,
+    place_grid,
+    plain_log_axis,
+    text_size,
+)
 
 OK_COLOUR, BAD_COLOUR = "#4c72b0", "#d62728"
 
@@ -151,6 +159,8 @@ def render_health(data: Mapping[str, Any]) -> Figure:
         height = text_size(fig, listing.get_text(), listing.get_fontsize())[1]
         rooms[3] = rooms[3] | Room(bottom=down + height)
     place_grid(fig, list(axes.ravel()), 2, rooms)
+    for ax in axes.ravel():
+        flatten_ticks(ax)
     return fig
 
 

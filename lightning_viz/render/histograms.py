@@ -24,6 +24,7 @@ from lightning_viz.render._layout import (
     PlainLogFormatter,
     colorbar_room,
     fit_axes,
+    flatten_ticks,
     nice_ticks,
     place_grid,
     shrink_title,
@@ -217,4 +218,6 @@ def render_evolution(data: Mapping[str, Any], max_panels: int = MAX_PANELS) -> F
     boxes = place_grid(fig, axes, ncols, rooms, top=top, right=strip)
     for ax, (_, _, w, _) in zip(axes, boxes):
         shrink_title(ax, w + 2 * PAD)
+        flatten_ticks(ax)
+    flatten_ticks(cax)
     return fig
