@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "ActivationHistogramCallback": "lightning_viz.callbacks",
     "ActivationMapCallback": "lightning_viz.callbacks",
     "CurvePlotCallback": "lightning_viz.callbacks",
     "MetricPlotCallback": "lightning_viz.callbacks",
@@ -25,6 +26,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ActivationHistogramCallback",
     "ActivationMapCallback",
     "CurvePlotCallback",
     "MetricPlotCallback",
@@ -39,6 +41,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from lightning_viz.callbacks import (
+        ActivationHistogramCallback,
         ActivationMapCallback,
         CurvePlotCallback,
         MetricPlotCallback,

@@ -34,6 +34,7 @@ CALLBACKS = (
     "ModelSummaryCallback",
     "WeightHistogramCallback",
     "ActivationMapCallback",
+    "ActivationHistogramCallback",
     "CurvePlotCallback",
     "TrainingHealthCallback",
     "RankViewCallback",
@@ -58,6 +59,11 @@ def _annotation(p: inspect.Parameter) -> str:
 
 def reference_markdown() -> str:
     """One table per public callback: argument, type, default and the docstring's description."""
+    import lightning_viz.callbacks as public
+
+    missing = sorted(set(public.__all__) - set(CALLBACKS))
+    if missing:
+        raise RuntimeError(f"_docs.CALLBACKS leaves out public callbacks: {missing}")
     out = [START]
     for name in CALLBACKS:
         cls = getattr(lightning_viz, name)

@@ -80,6 +80,9 @@ _JSON: dict[str, Callable[[Mapping[str, Any], str], tuple[Any, str] | None]] = {
     "lightning_viz.render.activation_stats:render_activation_stats": lambda d, n: (
         (d, n) if _is_activation_stats(d) else None
     ),
+    "lightning_viz.render.depth:render_depth_profile": lambda d, n: (
+        (d, n) if isinstance(d.get("layers"), list) and "steps" in d and "values" in d else None
+    ),
     "lightning_viz.render.health:render_health": lambda d, n: (
         (d, n) if "grad_norms" in d and "loss_steps" in d else None
     ),
@@ -170,7 +173,8 @@ def from_npz(path: Path, spec: figures.FigureSpec | None = None) -> Loaded | Non
                     }
                 )
             selection = name.split("_evolution_step", 1)[0]
-            return render, {"title": f"{selection} over training", "params": params}, name
+            title = _text(z["title"]) if "title" in keys else f"{selection} over training"
+            return render, {"title": title, "params": params}, name
         if kind == "render_feature_maps" and "layer_names" in keys:
             names = z["layer_names"].tolist()
 

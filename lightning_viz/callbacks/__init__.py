@@ -1,5 +1,6 @@
 """The public callbacks, one per file."""
 
+from lightning_viz.callbacks.activation_histogram import ActivationHistogramCallback
 from lightning_viz.callbacks.activation_map import ActivationMapCallback
 from lightning_viz.callbacks.curve_plot import CurvePlotCallback
 from lightning_viz.callbacks.metric_plot import MetricPlotCallback
@@ -10,6 +11,7 @@ from lightning_viz.callbacks.training_health import TrainingHealthCallback
 from lightning_viz.callbacks.weight_histogram import WeightHistogramCallback
 
 __all__ = [
+    "ActivationHistogramCallback",
     "ActivationMapCallback",
     "CurvePlotCallback",
     "MetricPlotCallback",

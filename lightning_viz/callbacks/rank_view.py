@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any, ClassVar
 
@@ -17,6 +16,7 @@ from lightning_viz.core import distributed, rank_rules, sharding
 from lightning_viz.core.base import VizCallback, WhenFull
 from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.hooks import capture_outputs
+from lightning_viz.core.model_input import first_float_tensor
 from lightning_viz.core.records import PerRank, Reduced
 from lightning_viz.core.schedule import EveryNSteps, Schedule
 from lightning_viz.core.warn import warn_once
@@ -51,24 +51,6 @@ FIGURES = {  # figure stem -> its panels: (title, fields)
         ("last layer output: std", ["last_std"]),
     ],
 }
-
-
-def _first_float_tensor(obj: Any) -> torch.Tensor | None:
-    """The first floating-point tensor in a batch (a tensor, or one inside a dict, list or tuple)."""
-    if isinstance(obj, torch.Tensor):
-        return obj if obj.is_floating_point() else None
-    values: Iterator[Any] = (
-        iter(obj.values())
-        if isinstance(obj, dict)
-        else iter(obj)
-        if isinstance(obj, (list, tuple))
-        else iter(())
-    )
-    for v in values:
-        t = _first_float_tensor(v)
-        if t is not None:
-            return t
-    return None
 
 
 def _moments(t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +159,7 @@ class RankViewCallback(VizCallback):
         data_s = self._now - self._last_end if self._last_end is not None else math.nan
         pending: dict[str, Any] = {"step": step, "t0": self._now, "data_s": data_s, "failed": True}
         self._pending = pending
-        pending["input"] = _moments(_first_float_tensor(batch))
+        pending["input"] = _moments(first_float_tensor(batch))
         if self._layers:
             first, last = self._layers[0], self._layers[-1]
 
@@ -185,7 +167,7 @@ class RankViewCallback(VizCallback):
                 try:  # inside the user's forward pass: never raise there
                     for key, which in (("first", first), ("last", last)):
                         if name == which and key not in pending:  # its first call in this step
-                            pending[key] = _moments(_first_float_tensor(output))
+                            pending[key] = _moments(first_float_tensor(output))
                 except Exception:
                     pending["failed"] = True
 

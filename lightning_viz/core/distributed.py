@@ -165,6 +165,27 @@ def gather_rows(
     return rows[:, :-1], bool((rows[:, -1] > 0).any())
 
 
+def owns_its_batch(trainer: Any) -> bool:
+    """Whether this rank's training batch is its own (to be counted once when data is pooled over ranks).
+
+    Under data parallelism every rank draws its own batch. When fewer data-parallel replicas than ranks
+    exist (tensor parallelism in ``ModelParallelStrategy``: the ranks of one tensor-parallel group share a
+    batch), only the lowest rank of each group that shares a batch owns it. Read from the strategy's
+    sampler arguments (``num_replicas``, ``rank``): one all-gather of every rank's sampler rank, so call it
+    on every rank alike (at fit start).
+    """
+    if not is_initialized() or world_size() == 1:
+        return True
+    kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}
+    replicas = kwargs.get("num_replicas", world_size())
+    if replicas >= world_size():
+        return True
+    mine = float(kwargs.get("rank", global_rank()))
+    rows, _ = gather_rows(torch.tensor([mine]))
+    ranks = rows[:, 0].tolist()
+    return ranks.index(mine) == global_rank()
+
+
 def reduce_values(
     values: Mapping[str, torch.Tensor],
     reductions: Mapping[str, Reduction],

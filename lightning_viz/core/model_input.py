@@ -17,7 +17,7 @@ as positional arguments, a dict as keyword arguments, anything else as the one a
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,3 +217,22 @@ def feed_hint(owner: str, module: nn.Module, batch: Any) -> str:
         f"({describe(batch)}); set `self.example_input_array` in the LightningModule's __init__ to an "
         "input of a few examples: a tensor, a tuple of positional inputs or a dict of keyword inputs."
     )
+
+
+def first_float_tensor(obj: Any) -> torch.Tensor | None:
+    """The first floating-point tensor in a batch or a layer's output (a tensor, or one inside a dict, list or
+    tuple, depth first), or ``None``."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.is_floating_point() else None
+    values: Iterator[Any] = (
+        iter(obj.values())
+        if isinstance(obj, dict)
+        else iter(obj)
+        if isinstance(obj, (list, tuple))
+        else iter(())
+    )
+    for v in values:
+        t = first_float_tensor(v)
+        if t is not None:
+            return t
+    return None

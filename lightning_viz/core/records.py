@@ -89,6 +89,8 @@ class Tensors(Captured):
         bins: bins per histogram.
         scales: per tensor, the loss scale its values still carry, or ``None``; ``None`` for all.
         meta: plain data kept beside (not reduced).
+        pooled: each rank's tensors are its own data (the activations of its batch), pooled over the ranks;
+            otherwise plain tensors are replicas (parameters under DDP), counted once.
     """
 
     step: int
@@ -98,10 +100,13 @@ class Tensors(Captured):
     scales: list[float | None] | None = None
     meta: Any = None
     failed: bool = field(default=False)
+    pooled: bool = False
 
     def reduce(self) -> Reduced | None:
         if self.scales is None or all(s is None for s in self.scales):
-            hs, failed = stats.histogram_set(self.tensors, self.names, self.bins)
+            hs, failed = stats.histogram_set(
+                self.tensors, self.names, self.bins, pooled=self.pooled, failed=self.failed
+            )
         else:
             hs, failed = precision.histogram_set(self.tensors, self.names, self.bins, self.scales)
         if failed:

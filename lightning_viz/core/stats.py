@@ -154,6 +154,9 @@ def histogram_set(
     tensors: Sequence[torch.Tensor | None],
     names: Sequence[str],
     bins: int,
+    *,
+    pooled: bool = False,
+    failed: bool = False,
 ) -> tuple[HistogramSet, bool]:
     """Exact histograms and statistics of many tensors, reduced over every rank.
 
@@ -167,6 +170,9 @@ def histogram_set(
         tensors: the tensors (plain or ``DTensor``), or ``None``.
         names: a name for each tensor.
         bins: number of bins per histogram (>= 2).
+        pooled: every rank's plain tensors are its own data (activations of its batch), all counted;
+            by default a plain tensor is a replica (DDP) and rank zero's counts alone.
+        failed: this rank's capture failed: it still takes part in the collectives, and every rank is told.
 
     Returns:
         The histograms as host data, and whether the computation failed on some rank (then the
@@ -175,13 +181,15 @@ def histogram_set(
     tensors = list(tensors)
     on_cpu = all(t is None or t.device.type == "cpu" for t in tensors)
     with cpu_threads(cpu_histograms.CPU_THREADS) if on_cpu else nullcontext():
-        return _histogram_set(tensors, names, bins)
+        return _histogram_set(tensors, names, bins, pooled, failed)
 
 
 def _histogram_set(
     tensors: Sequence[torch.Tensor | None],
     names: Sequence[str],
     bins: int,
+    pooled: bool = False,
+    failed: bool = False,
 ) -> tuple[HistogramSet, bool]:
     """The work of :func:`histogram_set` (which sets the thread count around it)."""
     names = list(names)
@@ -196,11 +204,10 @@ def _histogram_set(
             continue
         local, c = sharding.local_view(t)
         locals_.append(_as_float(local.detach()).reshape(-1))
-        contrib.append(c)
+        contrib.append(c or (pooled and not sharding.is_sharded(t)))
 
     ref = next((t for t in locals_ if t is not None), None)
     dev = distributed.collective_device(ref)
-    failed = False
     mins = torch.full((p,), math.inf, dtype=torch.float64)
     maxs = torch.full((p,), -math.inf, dtype=torch.float64)
     nonfinite = torch.zeros(p, dtype=torch.float64)

@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator
+from matplotlib.ticker import FixedLocator, LogLocator
 
 from lightning_viz.render._figure import new_figure
 from lightning_viz.render._layout import (
@@ -195,6 +195,8 @@ def render_evolution(data: Mapping[str, Any], max_panels: int = MAX_PANELS) -> F
         xlabels = not same_steps or slot + ncols >= len(shown)
         _panel(ax, params[i], matrix, norm, xlabels=xlabels, ylabel=not same_steps or slot % ncols == 0)
         nice_ticks(ax.xaxis, 4, integer=True)
+        if len(params[i]["steps"]) < 3:  # a step or two: ticks at the steps, not at fractions between
+            ax.xaxis.set_major_locator(FixedLocator(np.asarray(params[i]["steps"], dtype=float)))
         nice_ticks(ax.yaxis, 5)
         rooms.append(fit_axes(ax, xticklabels=xlabels))
         axes.append(ax)

@@ -144,6 +144,38 @@ class PerturbReplica(Callback):
                 next(pl_module.parameters()).view(-1)[0] += 1e-3
 
 
+class ActivationProbe(Callback):
+    """Each rank's leaf-module outputs at given steps, copied in its own forward hooks, saved as
+    acts_rank<R>_step<S>.npz (the independent record the pooled activation histograms are checked on)."""
+
+    def __init__(self, steps: list[int], out: Path) -> None:
+        self.steps, self.out, self.handles, self.kept = set(steps), out, [], {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step not in self.steps:
+            return
+        self.kept = {}
+
+        def make(name):
+            def hook(module, args, output):
+                self.kept.setdefault(name, []).append(output.detach().clone().reshape(-1).numpy())
+
+            return hook
+
+        for name, m in pl_module.named_modules():
+            if name and not list(m.children()):
+                self.handles.append(m.register_forward_hook(make(name)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.handles:
+            return
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        arrays = {k: np.concatenate(v) for k, v in self.kept.items()}
+        np.savez(self.out / f"acts_rank{trainer.global_rank}_step{trainer.global_step - 1:06d}.npz", **arrays)
+
+
 class LossProbe(Callback):
     """Each rank's own training loss at every step, saved as loss_rank<R>.json at fit end."""
 
@@ -179,6 +211,7 @@ def build_callbacks(spec: dict) -> list[Callback]:
         "activations": lambda: lv.ActivationMapCallback(every_n_epochs=1, sample_size=4),
         "curves": lambda: lv.CurvePlotCallback(),
         "rankview": lambda: lv.RankViewCallback(every_n_steps=every),
+        "acthist": lambda: lv.ActivationHistogramCallback(every_n_steps=every, bins=16, gradients=True),
     }
     names = spec.get("callbacks", ["summary", "weights", "activations", "curves"])  # the core four
     return [table[n]() for n in names]
@@ -220,6 +253,8 @@ def main() -> None:
         extra.append(SlowData(spec["slow_data_rank"], spec.get("slow_data_seconds", 0.05)))
     if spec.get("perturb_rank") is not None:
         extra.append(PerturbReplica(spec["perturb_rank"], spec.get("perturb_step", 4)))
+    if spec.get("activation_probe_steps"):
+        extra.append(ActivationProbe(spec["activation_probe_steps"], out))
     if spec.get("loss_probe"):
         extra.append(LossProbe(out))
     for cb in callbacks:

@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassROC
 
 import lightning_viz.callbacks as public
 from lightning_viz import (
+    ActivationHistogramCallback,
     ActivationMapCallback,
     CurvePlotCallback,
     MetricPlotCallback,
@@ -41,6 +42,7 @@ KINDS = {
     "training_health": {"health"},
     "metric_plot": {"val_confmat", "val_roc"},
     "rank_view": {"ranks_loss", "ranks_time", "ranks_activations"},
+    "activation_histogram": {"activations_evolution", "activation_grad_norms"},
 }
 
 
@@ -69,6 +71,7 @@ def every_callback() -> list:
         MetricPlotCallback(metrics=["val_confmat", "val_roc"]),
         TrainingHealthCallback(every_n_steps=2),
         RankViewCallback(every_n_steps=2),
+        ActivationHistogramCallback(every_n_steps=2, gradients=True),
         ReportCallback(),
     ]
 
