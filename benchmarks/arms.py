@@ -201,6 +201,19 @@ def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
             lambda g: g > 0 and (g + 1) % n == 0,
             "",
         ),
+        Arm("WeightPicture (default)", lambda: [lv.WeightPictureCallback()], None, "every epoch end"),
+        Arm(
+            "ActivationHistogram (default)",
+            lambda: [lv.ActivationHistogramCallback()],
+            _every(50),
+            "every_n_steps=50, every leaf layer's output",
+        ),
+        Arm(
+            f"ActivationHistogram (N={n}, gradients)",
+            lambda: [lv.ActivationHistogramCallback(every_n_steps=n, gradients=True)],
+            _every(n),
+            "",
+        ),
         Arm(
             "CurvePlot (default)",
             lambda: [lv.CurvePlotCallback()],

@@ -22,6 +22,7 @@ _EXPORTS = {
     "ReportCallback": "lightning_viz.callbacks",
     "TrainingHealthCallback": "lightning_viz.callbacks",
     "WeightHistogramCallback": "lightning_viz.callbacks",
+    "WeightPictureCallback": "lightning_viz.callbacks",
     "VizCallback": "lightning_viz.core.base",
 }
 
@@ -36,6 +37,7 @@ __all__ = [
     "TrainingHealthCallback",
     "VizCallback",
     "WeightHistogramCallback",
+    "WeightPictureCallback",
     "__version__",
 ]
 
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
         ReportCallback,
         TrainingHealthCallback,
         WeightHistogramCallback,
+        WeightPictureCallback,
     )
     from lightning_viz.core.base import VizCallback
 

@@ -33,6 +33,7 @@ X = "\N{MULTIPLICATION SIGN}"
 CALLBACKS = (
     "ModelSummaryCallback",
     "WeightHistogramCallback",
+    "WeightPictureCallback",
     "ActivationMapCallback",
     "ActivationHistogramCallback",
     "CurvePlotCallback",

@@ -80,6 +80,9 @@ _JSON: dict[str, Callable[[Mapping[str, Any], str], tuple[Any, str] | None]] = {
     "lightning_viz.render.activation_stats:render_activation_stats": lambda d, n: (
         (d, n) if _is_activation_stats(d) else None
     ),
+    "lightning_viz.render.weights:render_weight_pictures": lambda d, n: (
+        (d, n) if "matrices" in d and "filters" in d else None
+    ),
     "lightning_viz.render.depth:render_depth_profile": lambda d, n: (
         (d, n) if isinstance(d.get("layers"), list) and "steps" in d and "values" in d else None
     ),

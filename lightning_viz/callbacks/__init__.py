@@ -9,6 +9,7 @@ from lightning_viz.callbacks.rank_view import RankViewCallback
 from lightning_viz.callbacks.report import ReportCallback
 from lightning_viz.callbacks.training_health import TrainingHealthCallback
 from lightning_viz.callbacks.weight_histogram import WeightHistogramCallback
+from lightning_viz.callbacks.weight_picture import WeightPictureCallback
 
 __all__ = [
     "ActivationHistogramCallback",
@@ -20,4 +21,5 @@ __all__ = [
     "ReportCallback",
     "TrainingHealthCallback",
     "WeightHistogramCallback",
+    "WeightPictureCallback",
 ]

@@ -13,7 +13,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
 from lightning_viz.core import distributed, sharding
-from lightning_viz.core.base import VizCallback, WhenFull, check_int, step_stem
+from lightning_viz.core.base import VizCallback, WhenFull, check_int, check_patterns, step_stem
 from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.histogram_history import HistogramSeries, evolution_params, record_histograms
 from lightning_viz.core.hooks import capture_outputs, is_metric, match_modules
@@ -109,13 +109,7 @@ class ActivationHistogramCallback(VizCallback):
         check_int("bins", bins, 2)
         check_int("max_history", max_history, 2)
         check_int("figure_every_n_epochs", figure_every_n_epochs, 1)
-        if layers is not None and (
-            isinstance(layers, str) or not layers or not all(isinstance(p, str) for p in layers)
-        ):
-            raise ValueError(
-                "`layers` must be null (every leaf layer) or a non-empty list of glob patterns such as "
-                f'["conv*", "act*"]; got {layers!r}'
-            )
+        check_patterns("layers", layers, "every leaf layer", '["conv*", "act*"]')
         self.every_n_steps = every_n_steps
         self.bins = bins
         self.layers = list(layers) if layers is not None else None

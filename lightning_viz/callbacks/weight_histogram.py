@@ -11,7 +11,15 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
 from lightning_viz.core import precision, sharding, stats
-from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
+from lightning_viz.core.base import (
+    VizCallback,
+    WhenFull,
+    check_choice,
+    check_int,
+    check_patterns,
+    check_scheduled,
+    step_stem,
+)
 from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.histogram_history import HistogramSeries, evolution_params, record_histograms
 from lightning_viz.core.hooks import match_modules
@@ -98,22 +106,12 @@ class WeightHistogramCallback(VizCallback):
         when_full: WhenFull = "wait",
     ) -> None:
         super().__init__(output_dir=output_dir, when_full=when_full)
-        if every_n_steps is None and every_n_epochs is None:
-            raise ValueError(
-                "at least one of `every_n_steps` and `every_n_epochs` must be set; got every_n_steps=None, "
-                "every_n_epochs=None"
-            )
+        check_scheduled(every_n_steps, every_n_epochs)
         check_int("bins", bins, 2)
         check_choice("log", log, tuple(SELECTIONS))
         check_int("max_history", max_history, 2)
         check_int("figure_every_n_epochs", figure_every_n_epochs, 1)
-        if layers is not None and (
-            isinstance(layers, str) or not layers or not all(isinstance(p, str) for p in layers)
-        ):
-            raise ValueError(
-                "`layers` must be null (every parameter) or a non-empty list of glob patterns such as "
-                f'["conv*", "fc"]; got {layers!r}'
-            )
+        check_patterns("layers", layers, "every parameter", '["conv*", "fc"]')
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.bins = bins

@@ -165,6 +165,17 @@ def gather_rows(
     return rows[:, :-1], bool((rows[:, -1] > 0).any())
 
 
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a ``DTensor``'s shards all-gathered (one collective, so every rank must call it
+    alike), any other tensor as it is."""
+    from lightning_viz.core import sharding
+
+    if sharding.is_sharded(t):
+        CollectiveCounter.count += 1
+        return t.full_tensor()
+    return t
+
+
 def owns_its_batch(trainer: Any) -> bool:
     """Whether this rank's training batch is its own (to be counted once when data is pooled over ranks).
 

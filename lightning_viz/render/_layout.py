@@ -116,9 +116,9 @@ def plain_log_axis(axis: Axis, base: float = 10.0, numticks: int = 11) -> None:
 def _in_view(axis: Axis, locs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """The locations of ``locs`` inside the view and their positions along the axis in [0, 1]."""
     locs = np.asarray(locs, dtype=float)
-    lo, hi = sorted(axis.get_view_interval())
+    start, end = axis.get_view_interval()  # in the axis' own direction: an inverted axis (an image's rows)
     transform = axis.get_transform()
-    t_lo, t_hi = transform.transform([lo, hi])
+    t_lo, t_hi = transform.transform([start, end])
     t = (transform.transform(locs) - t_lo) / ((t_hi - t_lo) or 1.0)
     keep = (t >= -1e-9) & (t <= 1 + 1e-9)
     return locs[keep], t[keep]

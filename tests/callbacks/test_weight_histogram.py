@@ -136,9 +136,9 @@ def test_one_capture_per_logging_step_and_nothing_in_between(
     real = stats.histogram_set
     trainer = None
 
-    def counting(tensors, names, bins):
+    def counting(tensors, names, bins, **kwargs):
         calls.append(trainer.global_step)
-        return real(tensors, names, bins)
+        return real(tensors, names, bins, **kwargs)
 
     monkeypatch.setattr(stats, "histogram_set", counting)
     cb = WeightHistogramCallback(
@@ -342,7 +342,7 @@ def test_failure_inside_capture_warns_once_and_training_completes(tmp_path, monk
 
 def test_collective_failure_flag_skips_the_step_with_one_warning(tmp_path, monkeypatch):
     real = stats.histogram_set
-    monkeypatch.setattr(stats, "histogram_set", lambda *a: (real(*a)[0], True))
+    monkeypatch.setattr(stats, "histogram_set", lambda *a, **k: (real(*a, **k)[0], True))
     cb = WeightHistogramCallback(every_n_steps=2, log="weights")
     trainer = make_trainer(tmp_path, [cb], max_epochs=1)
     with warnings.catch_warnings(record=True) as caught:

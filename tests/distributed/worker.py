@@ -212,6 +212,7 @@ def build_callbacks(spec: dict) -> list[Callback]:
         "curves": lambda: lv.CurvePlotCallback(),
         "rankview": lambda: lv.RankViewCallback(every_n_steps=every),
         "acthist": lambda: lv.ActivationHistogramCallback(every_n_steps=every, bins=16, gradients=True),
+        "weightpic": lambda: lv.WeightPictureCallback(every_n_epochs=None, every_n_steps=every),
     }
     names = spec.get("callbacks", ["summary", "weights", "activations", "curves"])  # the core four
     return [table[n]() for n in names]

@@ -27,6 +27,7 @@ from lightning_viz import (
     ReportCallback,
     TrainingHealthCallback,
     WeightHistogramCallback,
+    WeightPictureCallback,
 )
 from lightning_viz.core import writer
 from lightning_viz.core.figures import FRAME
@@ -43,6 +44,7 @@ KINDS = {
     "metric_plot": {"val_confmat", "val_roc"},
     "rank_view": {"ranks_loss", "ranks_time", "ranks_activations"},
     "activation_histogram": {"activations_evolution", "activation_grad_norms"},
+    "weight_picture": {"weights"},
 }
 
 
@@ -72,6 +74,7 @@ def every_callback() -> list:
         TrainingHealthCallback(every_n_steps=2),
         RankViewCallback(every_n_steps=2),
         ActivationHistogramCallback(every_n_steps=2, gradients=True),
+        WeightPictureCallback(),
         ReportCallback(),
     ]
 
