@@ -348,7 +348,7 @@ def flatten_ticks(ax: Axes) -> None:
     they are drawn where they are now, in axes coordinates, on the sides where they show, with their size,
     width, colour, label size, rotation and alignment; the axis then has no ticks of its own. An axis with
     an offset text (``1e-5``), a hidden one, or one with inward ticks is left as it is. The labels are the
-    texts in ``ax.texts`` whose ``gid`` is ``"xtick"`` or ``"ytick"``.
+    texts in ``ax.texts``, and the marks the lines in ``ax.lines``, whose ``gid`` is ``"xtick"`` or ``"ytick"``.
     """
     fig = ax.get_figure(root=True)
     if not ax.axison:
@@ -389,6 +389,7 @@ def flatten_ticks(ax: Axes) -> None:
                         transform=ax.transAxes,
                         clip_on=False,
                         zorder=2.01,
+                        gid=f"{which}tick",
                     )
                 if not text.get_visible():
                     continue

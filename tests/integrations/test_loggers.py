@@ -108,7 +108,13 @@ def test_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    cli = run_quickstart(tmp_path, "wandb", f"--trainer.logger.init_args.save_dir={tmp_path}")
+    cli = run_quickstart(
+        tmp_path,
+        "wandb",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.callbacks+=lightning_viz.ActivationHistogramCallback",
+        "--trainer.callbacks.every_n_steps=1",
+    )
     cli.trainer.logger.experiment.finish()  # close the run so its transaction log is complete
     viz_pngs(tmp_path)
 
@@ -127,6 +133,15 @@ def test_wandb_offline(tmp_path, monkeypatch):
     key, row = next((k, r) for k, r in hists.items() if k == "weights/classifier.fc2.bias")
     counts, bins = np.array(row[f"{key}/values"]), np.array(row[f"{key}/bins"])
     assert counts.sum() == 10 and len(bins) == len(counts) + 1
+    # the activation histograms reach W&B as native histograms too, with the counts of our own record
+    (npz,) = sorted(tmp_path.rglob("activations_evolution_step*.npz"))[-1:]
+    with np.load(npz) as z:
+        ours = dict(zip(z["features.conv1/steps"].tolist(), z["features.conv1/counts"]))
+    key = "activations/features.conv1"
+    logged = [r for r in rows if r.get(f"{key}/_type") == "histogram"]
+    assert sorted(r["trainer/global_step"] for r in logged) == sorted(ours) == [0, 1]
+    for r in logged:
+        np.testing.assert_array_equal(np.array(r[f"{key}/values"]), ours[r["trainer/global_step"]])
     assert any("model/total_params" in r for r in rows)
     assert any(v == "html-file" for r in rows for v in r.values())  # the model summary table
 
