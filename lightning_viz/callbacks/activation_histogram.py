@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
@@ -15,7 +14,13 @@ from torch import nn
 from lightning_viz.core import distributed, sharding
 from lightning_viz.core.base import VizCallback, WhenFull, check_int, check_patterns, step_stem
 from lightning_viz.core.figures import FigureSpec
-from lightning_viz.core.histogram_history import HistogramSeries, evolution_params, record_histograms
+from lightning_viz.core.histogram_history import (
+    HistogramSeries,
+    evolution_arrays,
+    evolution_params,
+    histogram_items,
+    record_histograms,
+)
 from lightning_viz.core.hooks import capture_outputs, is_metric, match_modules
 from lightning_viz.core.model_input import first_float_tensor
 from lightning_viz.core.records import Reduced, Sums, Tensors
@@ -298,19 +303,7 @@ class ActivationHistogramCallback(VizCallback):
             }
             self.emit_scalars(trainer, scalars, step)
             return
-        hs = reduced.values
-        items = []
-        for i, tag in enumerate(hs.names):
-            if hs.finite[i] > 0:
-                st = {
-                    "min": float(hs.minimum[i]),
-                    "max": float(hs.maximum[i]),
-                    "num": float(hs.finite[i]),
-                    "sum": float(hs.sum[i]),
-                    "sum_squares": float(hs.sum_squares[i]),
-                }
-                items.append((tag, hs.edges[i], hs.counts[i], st))
-        self.emit_histograms(trainer, items, step)
+        self.emit_histograms(trainer, histogram_items(reduced.values), step)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -354,13 +347,7 @@ class ActivationHistogramCallback(VizCallback):
         with self.guard(trainer, "activation histogram figure"):
             data = self.evolution_data()
             if data["params"]:
-                arrays: dict[str, np.ndarray] = {
-                    "parameters": np.array([p["name"] for p in data["params"]]),
-                    "title": np.array(data["title"]),
-                }
-                for p in data["params"]:
-                    for key in ("steps", "edges", "counts", "nonfinite"):
-                        arrays[f"{p['name']}/{key}"] = p[key]
+                arrays = evolution_arrays(data["params"], data["title"])
                 self.emit_figure(
                     trainer,
                     render_evolution,

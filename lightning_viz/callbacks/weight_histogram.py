@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
@@ -21,7 +20,13 @@ from lightning_viz.core.base import (
     step_stem,
 )
 from lightning_viz.core.figures import FigureSpec
-from lightning_viz.core.histogram_history import HistogramSeries, evolution_params, record_histograms
+from lightning_viz.core.histogram_history import (
+    HistogramSeries,
+    evolution_arrays,
+    evolution_params,
+    histogram_items,
+    record_histograms,
+)
 from lightning_viz.core.hooks import match_modules
 from lightning_viz.core.optimizers import optimizer_owners
 from lightning_viz.core.records import Reduced, Tensors
@@ -282,27 +287,16 @@ class WeightHistogramCallback(VizCallback):
     def _emit_step(self, trainer: Trainer, hs: stats.HistogramSet, step: int) -> None:
         if not self.emitting(trainer):
             return
-        items = []
         scalars: dict[str, float] = {}
         for i, tag in enumerate(hs.names):
             sel, name = tag.split("/", 1)
-            finite = int(hs.finite[i])
             if hs.numel[i] == 0:
                 continue
             if hs.nonfinite[i] > 0:
                 scalars[f"nonfinite/{sel}/{name}"] = float(hs.nonfinite[i])
             if self.log_norms:
                 scalars[f"{'weight' if sel == 'weights' else 'grad'}_norm/{name}"] = float(hs.norm[i])
-            if finite > 0:
-                st = {
-                    "min": float(hs.minimum[i]),
-                    "max": float(hs.maximum[i]),
-                    "num": float(finite),
-                    "sum": float(hs.sum[i]),
-                    "sum_squares": float(hs.sum_squares[i]),
-                }
-                items.append((tag, hs.edges[i], hs.counts[i], st))
-        self.emit_histograms(trainer, items, step)
+        self.emit_histograms(trainer, histogram_items(hs), step)
         self.emit_scalars(trainer, scalars, step)
 
     # ------------------------------------------------------------------ figures
@@ -326,10 +320,7 @@ class WeightHistogramCallback(VizCallback):
                 if not data["params"]:
                     continue
                 compact = self.evolution_data(sel, compact=True)  # what waits in the render queue
-                arrays: dict[str, np.ndarray] = {"parameters": np.array([p["name"] for p in data["params"]])}
-                for p in data["params"]:
-                    for key in ("steps", "edges", "counts", "nonfinite"):
-                        arrays[f"{p['name']}/{key}"] = p[key]
+                arrays = evolution_arrays(data["params"])
                 stem = step_stem(f"{sel}_evolution", step)
                 tag = f"viz/{self.viz_name}/{sel}_evolution"
                 self.emit_figure(

@@ -69,3 +69,40 @@ def raised_since(position: int, err: BaseException) -> VizConfigError | None:
         e = e.__cause__ or e.__context__
     recent = _raised[position:]
     return recent[0] if recent else None
+
+
+# ---------------------------------------------------------------------- the checks the callbacks make
+def check_int(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> None:
+    """Raise ``ValueError`` naming the argument unless ``value`` is an int >= minimum (or None if optional)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or null" if optional else "")
+        raise ValueError(f"`{name}` must be {allowed}; got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise ``ValueError`` naming the argument unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}")
+
+
+def check_scheduled(every_n_steps: Any, every_n_epochs: Any) -> None:
+    """Raise ``ValueError`` when neither ``every_n_steps`` nor ``every_n_epochs`` is set (nothing would run)."""
+    if every_n_steps is None and every_n_epochs is None:
+        raise ValueError(
+            "at least one of `every_n_steps` and `every_n_epochs` must be set; got every_n_steps=None, "
+            "every_n_epochs=None"
+        )
+
+
+def check_patterns(name: str, value: Any, default: str, example: str, *, empty: bool = False) -> None:
+    """Raise ``ValueError`` naming the argument unless ``value`` is null or a list of glob patterns (a
+    non-empty one unless ``empty``); ``default`` says what null means, ``example`` shows a list."""
+    if value is None:
+        return
+    if isinstance(value, str) or (not value and not empty) or not all(isinstance(p, str) for p in value):
+        kind = "a list" if empty else "a non-empty list"
+        raise ValueError(
+            f"`{name}` must be null ({default}) or {kind} of glob patterns such as {example}; got {value!r}"
+        )

@@ -178,3 +178,32 @@ def evolution_params(
             p["counts"] = s["counts"].copy()
         params.append(p)
     return params
+
+
+def histogram_items(hs: HistogramSet) -> list[tuple[str, np.ndarray, np.ndarray, dict[str, float]]]:
+    """``(tag, edges, counts, stats)`` of each histogram with finite values, as the sinks take them
+    (:meth:`~lightning_viz.core.base.VizCallback.emit_histograms`)."""
+    items = []
+    for i, tag in enumerate(hs.names):
+        if hs.numel[i] > 0 and hs.finite[i] > 0:
+            st = {
+                "min": float(hs.minimum[i]),
+                "max": float(hs.maximum[i]),
+                "num": float(hs.finite[i]),
+                "sum": float(hs.sum[i]),
+                "sum_squares": float(hs.sum_squares[i]),
+            }
+            items.append((tag, hs.edges[i], hs.counts[i], st))
+    return items
+
+
+def evolution_arrays(params: list[dict[str, Any]], title: str | None = None) -> dict[str, np.ndarray]:
+    """The NPZ beside an evolution figure (what ``lightning-viz render`` redraws it from): ``parameters``,
+    per parameter ``<name>/steps``, ``/edges``, ``/counts`` and ``/nonfinite``, and the ``title`` if given."""
+    arrays: dict[str, np.ndarray] = {"parameters": np.array([p["name"] for p in params])}
+    if title is not None:
+        arrays["title"] = np.array(title)
+    for p in params:
+        for key in ("steps", "edges", "counts", "nonfinite"):
+            arrays[f"{p['name']}/{key}"] = p[key]
+    return arrays
