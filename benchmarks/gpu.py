@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -127,6 +127,51 @@ def run_fits(args: argparse.Namespace, factory: Callable[[], LightningModule], w
     for row in rows:
         row["peak_gpu_mb"] = max(peaks[row["arm"]])
     return {"arms": rows, "rounds": done}
+
+
+HOOKS = [n for n in dir(Callback) if n.startswith("on_") or n in ("setup", "teardown")]
+
+
+def _timed_hooks(callbacks: list[Callback], device: str, spent: dict[tuple[str, str], list[float]]) -> None:
+    """Wrap every hook each callback overrides: the device synchronised before and after each call, so that
+    the GPU work a hook queues is charged to it; ``spent[(class, hook)]`` gathers the seconds of each call."""
+    for cb in callbacks:
+        for name in HOOKS:
+            if getattr(type(cb), name, None) is getattr(Callback, name, None):
+                continue
+            fn = getattr(cb, name)
+
+            def timed(*a: Any, _fn: Callable = fn, _key: tuple = (type(cb).__name__, name), **k: Any) -> Any:
+                _sync(device)
+                t = time.perf_counter()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    _sync(device)
+                    spent.setdefault(_key, []).append(time.perf_counter() - t)
+
+            setattr(cb, name, timed)
+
+
+def hook_profile(args: argparse.Namespace, factory: Callable[[], LightningModule]) -> dict[str, Any]:
+    """One more fit of the full suite, every hook of its callbacks timed (:func:`_timed_hooks`): where its
+    extra time goes, the one-off costs (fit start, fit end) apart from the per-step ones."""
+    spent: dict[tuple[str, str], list[float]] = {}
+
+    def callbacks() -> list[Callback]:
+        cbs = A.suite()
+        _timed_hooks(cbs, args.device, spent)
+        return cbs
+
+    arm = A.Arm("full suite (hooks timed)", callbacks, None)
+    loaders = device_loaders(args.steps, 2, args.size, args.batch, args.classes, args.device)
+    rec, _ = timed_fit(
+        arm, factory, loaders, device=args.device, precision=args.precision, epochs=args.epochs
+    )
+    rows = sorted(
+        ([cls, hook, sum(v), len(v), max(v)] for (cls, hook), v in spent.items()), key=lambda r: -r[2]
+    )
+    return {"fit_seconds": rec.fit_seconds, "hooks": rows}
 
 
 def _time(fn: Callable[[], Any], device: str, reps: int) -> tuple[float, float]:
@@ -243,6 +288,20 @@ def section(gpu: dict[str, Any]) -> str:
         f"{h['reps_per_round']}. Counts equal to `numpy.histogram` on the same edges: "
         f"{h['exactness_checked'] - h['mismatches']} of {h['exactness_checked']} tensors.",
     ]
+    prof = gpu.get("hook_profile")
+    if prof:
+        top = prof["hooks"][:12]
+        total = sum(r[2] for r in prof["hooks"])
+        lines += [
+            "",
+            f"Where the full suite's time goes: one more fit of it ({prof['fit_seconds']:.1f} s), every hook of "
+            f"its callbacks timed with the device synchronised before and after it (so the GPU work a hook "
+            f"queues is charged to it): {total:.2f} s in the hooks in all; the {len(top)} costliest:",
+            "",
+            "| callback | hook | seconds in all | calls | longest call (s) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {c} | `{h}` | {t:.3f} | {n} | {m:.3f} |" for c, h, t, n, m in top]
     if gpu.get("wandb_skipped"):
         lines += ["", f"peer-W&B not measured: {gpu['wandb_skipped']}."]
     return "\n".join(lines)
@@ -320,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     hist = histogram_timing(args, factory)
     print("benchmarks.gpu: the arms ...", flush=True)
     fits = run_fits(args, factory, with_wandb=skipped is None)
+    print("benchmarks.gpu: where the full suite's time goes ...", flush=True)
+    profile = hook_profile(args, factory)
     if skipped is None:
         import wandb
 
@@ -338,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "histograms": hist,
         "fits": fits,
+        "hook_profile": profile,
         "wandb_skipped": skipped,
         "wall_seconds": time.time() - t0,
     }

@@ -294,11 +294,37 @@ def perf_method(r: dict[str, Any]) -> str:
     )
 
 
+def perf_gpu(r: dict[str, Any]) -> str:
+    """README and docs/performance.md: the last ``make gpu-check`` run's GPU rows, in two sentences."""
+    g = r.get("gpu")
+    if not g or g["device"].startswith("cpu"):
+        return "It has not run on a GPU yet: no GPU machine was available."
+    h, arms = g["histograms"], {a["arm"]: a for a in g["fits"]["arms"]}
+    wh = next(a for name, a in arms.items() if name.startswith("WeightHistogram"))
+    wb = arms.get("peer-W&B")
+    peer = (
+        f", `wandb.watch` {wb['logging_step_excess_ms']:.0f} ms and per-tensor `add_histogram` "
+        f"{arms['peer-TB']['logging_step_excess_ms']:.0f} ms"
+        if wb
+        else ""
+    )
+    return (
+        f"Last run on one {g['device']} (torch {g['machine']['torch']}, {g['setup']['precision']}, "
+        f"{g['setup']['model'].split('(')[0]} at {g['setup']['input']}, batch {g['setup']['batch']}): the weight "
+        f"and gradient histograms of all {h['tensors']} tensors take {h['median_seconds']['ours'] * 1e3:.1f} ms "
+        f"per logging step ({h['vs_floor']:.1f}{X} one sum over each tensor; counts equal to `numpy.histogram` "
+        f"for {h['exactness_checked'] - h['mismatches']} of {h['exactness_checked']}), and a logging step of "
+        f"WeightHistogramCallback at N = 10 costs {wh['logging_step_excess_ms']:.0f} ms more than a plain "
+        f"step{peer}."
+    )
+
+
 PERF_BLOCKS: dict[str, Callable[[dict[str, Any]], str]] = {
     "perf-summary": perf_summary,
     "perf-table": perf_table,
     "perf-run": perf_run,
     "perf-method": perf_method,
+    "perf-gpu": perf_gpu,
 }
 
 

@@ -198,6 +198,10 @@ class CurvePlotCallback(VizCallback):
     def capture_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any, step: int) -> None:
         """A due step: the learning rates now, the step-level values at the end of this batch."""
         self._due = lightning_state.logger_step(trainer)  # the step Lightning's loggers use for this batch
+        # the values of the previous due steps, long computed, come to the host now (a logging step): what
+        # waits on the device stays one due step's worth, however long the epoch
+        with self.guard(trainer, "step metric recording"):
+            self._flush()
         if not self.log_lr:
             return
         with self.guard(trainer, "learning-rate recording"):

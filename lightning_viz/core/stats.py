@@ -5,7 +5,9 @@ The histogram engine is built for the logging step of a training loop:
 * two passes over memory: one for min/max (``aminmax``), then one that reads each cache-sized chunk once and,
   while it is in cache, sums it, squares it and counts it (no tensor-sized temporaries); on the CPU small
   tensors are counted together in one batch and the work is shared by ``CPU_WORKERS`` threads (the CPU
-  engine is :mod:`lightning_viz.core.cpu_histograms`);
+  engine is :mod:`lightning_viz.core.cpu_histograms`); on an accelerator the tensors are cut into groups
+  and every per-tensor quantity is one segmented reduction per group, a few kernels for all the tensors
+  rather than a dozen for each (:mod:`lightning_viz.core.device_histograms`);
 * bin widths are powers of two and edges are multiples of the width, so ``floor(x / width)`` is exact in
   floating point: counts equal ``numpy.histogram`` on the same edges, bit for bit, and edges stay put from
   one step to the next (the evolution figures line up);
@@ -24,14 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lightning_viz.core import cpu_histograms, distributed, sharding
-from lightning_viz.core.cpu_histograms import (
-    MAX_EXACT_CHUNK,
-    count_chunked,
-    cpu_counts,
-    cpu_threads,
-    map_cpu,
-)
+from lightning_viz.core import cpu_histograms, device_histograms, distributed, sharding
+from lightning_viz.core.cpu_histograms import cpu_counts, cpu_threads, map_cpu
 
 
 @dataclass
@@ -118,36 +114,9 @@ def _as_float(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32)
 
 
-def count_into(x: torch.Tensor, w: float, k: int, bins: int, out: torch.Tensor) -> None:
-    """Add the bin counts of the finite values of ``x`` to ``out`` (``[bins]`` float64 on x's device).
-
-    ``floor(x * 2**-e)`` is exact in binary floating point, so the bin of every value is the one that
-    comparisons with the edges would give. Works in chunks to avoid tensor-sized temporaries. (The CPU path
-    of :func:`histogram_set` uses :mod:`~lightning_viz.core.cpu_histograms`
-    instead.)
-    """
-    flat = x.detach().reshape(-1)
-    if flat.device.type == "cpu":
-        counts, _, _ = count_chunked(flat, w, k, bins)
-        out += counts.to(out.dtype)
-        return
-    n = flat.numel()
-    if n == 0:
-        return
-    inv = 1.0 / w
-    dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
-    fix_underflow = w > 2.0 and k < 0
-    buf = torch.empty(min(MAX_EXACT_CHUNK, n), dtype=dtype, device=flat.device)
-    for start in range(0, n, MAX_EXACT_CHUNK):
-        piece = flat[start : start + MAX_EXACT_CHUNK]
-        b = buf[: piece.numel()]
-        torch.mul(piece, inv, out=b)
-        b.floor_()
-        if fix_underflow:
-            b.sub_(((b == 0) & (piece < 0)).to(b.dtype))
-        # histc of integer-valued floats is exact and, unlike bincount, never syncs with the host
-        b.sub_(k).clamp_(0, bins - 1)
-        out += torch.histc(b, bins=bins, min=0, max=bins).to(torch.float64)
+def _on_cpu(xs: Sequence[torch.Tensor]) -> bool:
+    """Whether the CPU engine counts ``xs`` (:mod:`cpu_histograms`); else :mod:`device_histograms` does."""
+    return all(x.device.type == "cpu" for x in xs)
 
 
 def histogram_set(
@@ -216,11 +185,11 @@ def _histogram_set(
         present = [i for i, t in enumerate(locals_) if t is not None and t.numel() > 0]
         if present:
             xs = [locals_[i] for i in present]
-            if all(x.device.type == "cpu" for x in xs):
+            if _on_cpu(xs):
                 pairs = map_cpu(lambda x: torch.stack(torch.aminmax(x)), xs, [x.numel() for x in xs])
+                mm = torch.stack(pairs).to(torch.float64)
             else:
-                pairs = [torch.stack(torch.aminmax(x)) for x in xs]
-            mm = torch.stack(pairs).to(torch.float64)
+                mm = device_histograms.ranges(xs)
             mm = mm.cpu()  # one small host copy: which tensors hold non-finite values
             for row, i in enumerate(present):
                 lo, hi = float(mm[row, 0]), float(mm[row, 1])
@@ -231,7 +200,8 @@ def _histogram_set(
                 assert x is not None
                 keep = x[torch.isfinite(x)]
                 finite_parts[i] = keep
-                nonfinite[i] = x.numel() - keep.numel()
+                if contrib[i]:  # counted where numel is: replicas once
+                    nonfinite[i] = x.numel() - keep.numel()
                 if keep.numel():
                     a, b = torch.aminmax(keep)
                     mins[i], maxs[i] = float(a), float(b)
@@ -265,22 +235,15 @@ def _histogram_set(
         if work:
             xs = [x for _, x in work]
             idx = torch.tensor([i for i, _ in work])
-            if all(x.device.type == "cpu" for x in xs):
+            if _on_cpu(xs):
                 c, sm, sq = cpu_counts(xs, [plans[i] for i, _ in work], bins)
                 counts = counts.cpu().index_copy(0, idx, c.to(torch.float64)).to(dev)
-            else:
-                norms = torch._foreach_norm(xs)
-                sq = torch.stack([nn.to(torch.float64) for nn in norms]) ** 2
-                sm = torch.stack(
-                    [x.sum(dtype=torch.float64) if x.dtype == torch.float64 else x.sum() for x in xs]
-                ).to(torch.float64)
-                for i, x in work:
-                    row = torch.zeros(bins, dtype=torch.float64, device=x.device)
-                    count_into(x, plans[i][0], plans[i][1], bins, row)
-                    counts[i] = row.to(dev)
-            for j, (i, x) in enumerate(work):  # float32 squares overflow past |x| ~ 1.8e19: redo in float64
-                if max(abs(lo_all[i]), abs(hi_all[i])) > 1e18:
-                    sq[j] = torch.linalg.vector_norm(x.to(torch.float64)).to(sq.device) ** 2
+                for j, (i, x) in enumerate(work):  # float32 squares overflow past |x| ~ 1.8e19: float64
+                    if max(abs(lo_all[i]), abs(hi_all[i])) > 1e18:
+                        sq[j] = torch.linalg.vector_norm(x.to(torch.float64)).to(sq.device) ** 2
+            else:  # a few kernels for all the tensors, sums in float64 (device_histograms)
+                c, sm, sq = device_histograms.counts(xs, [plans[i] for i, _ in work], bins)
+                counts = counts.index_copy(0, idx.to(counts.device), c.to(counts.device))
             idx = idx.to(sq.device)
             sumsq = sumsq.to(sq.device).index_copy(0, idx, sq)
             sums = sums.to(sq.device).index_copy(0, idx, sm)

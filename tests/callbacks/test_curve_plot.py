@@ -128,6 +128,34 @@ def test_every_n_steps_records_only_those_steps(tmp_path):
     assert [p[0] for p in cb.history["val_acc"]] == [3, 7]  # epoch-level values are not thinned
 
 
+class PendingProbe(Callback):
+    """How many values CurvePlotCallback holds unflushed (tensors that may sit on the device) at each batch
+    start, after its own hook has run (listed after it)."""
+
+    def __init__(self, cb: CurvePlotCallback) -> None:
+        self.cb = cb
+        self.sizes: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.sizes.append(len(self.cb._pending))
+
+
+def test_values_waiting_for_the_host_stay_one_due_step_worth_in_a_long_epoch(tmp_path):
+    # 64 batches in one epoch, due every 2: the values of a due step reach the history at the next due step,
+    # so what waits never grows with the epoch (on a GPU: device memory that grew until the epoch ended)
+    cb = CurvePlotCallback(every_n_steps=2)
+    probe = PendingProbe(cb)
+    model = KnownLogger()
+    model.train_dataloader = lambda: DataLoader(TensorDataset(torch.randn(4 * 64, 4)), batch_size=4)
+    fit(tmp_path, cb, epochs=1, model=model, extra=[probe])
+    assert len(probe.sizes) == 64
+    assert max(probe.sizes) <= 3, probe.sizes  # train_loss_step, lr-SGD (and nothing older)
+    assert [p[0] for p in cb.history["train_loss_step"]] == list(range(0, 64, 2))
+    assert [p[2] for p in cb.history["train_loss_step"]] == pytest.approx(
+        [train_value(s) for s in range(0, 64, 2)]
+    )
+
+
 class LrRecorder(Callback):
     """Independent record of each param group's lr when each batch starts (the lr its step uses)."""
 

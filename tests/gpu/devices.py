@@ -20,16 +20,34 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASO
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=needs_cuda)]
 
 
+class TrainedOn(Callback):
+    """The device types of the model's parameters at the start of every training batch (Lightning moves the
+    model back to the CPU at the end of ``fit``, so the device is read while it trains)."""
+
+    def __init__(self) -> None:
+        self.types: set[str] = set()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.types.update(p.device.type for p in pl_module.parameters())
+
+
+def trained_on(trainer: Trainer) -> set[str]:
+    """The device types the model's parameters were on while ``trainer`` (from :func:`device_trainer`)
+    trained."""
+    return next(c for c in trainer.callbacks if isinstance(c, TrainedOn)).types
+
+
 def device_trainer(tmp_path: Path, device: str, callbacks: list[Callback], **kwargs: Any) -> Trainer:
     """A one-device Trainer (``"cpu"`` or ``"cuda"``) with a TensorBoard logger under ``tmp_path`` and no
-    checkpointing, progress bar or Lightning model summary; ``kwargs`` go to the Trainer."""
+    checkpointing, progress bar or Lightning model summary; ``kwargs`` go to the Trainer. A
+    :class:`TrainedOn` callback is added last (:func:`trained_on` reads it)."""
     kwargs.setdefault("logger", TensorBoardLogger(str(tmp_path), name="tb"))
     kwargs.setdefault("log_every_n_steps", 1)
     return Trainer(
         default_root_dir=str(tmp_path),
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
-        callbacks=callbacks,
+        callbacks=[*callbacks, TrainedOn()],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -19,7 +19,7 @@ import lightning_viz as lv
 from lightning_viz.core.hooks import hook_count
 from lightning_viz.core.warn import VizWarning
 from tests.callbacks.test_weight_histogram_optimizers import check_histograms
-from tests.gpu.devices import DEVICES, device_trainer
+from tests.gpu.devices import DEVICES, device_trainer, trained_on
 from tests.helpers import RandomImages, TinyCNN, read_events
 
 dynamo = pytest.importorskip("torch._dynamo")
@@ -74,7 +74,7 @@ def test_compiled_model_with_validation_and_the_core_callbacks(tmp_path, device)
         warnings.simplefilter("always")
         trainer.fit(torch.compile(model, backend=BACKEND[device]), RandomImages(n=32, batch_size=16))
     assert trainer.state.finished and trainer.global_step == 4
-    assert next(model.parameters()).device.type == device
+    assert trained_on(trainer) == {device}
     viz = [str(w.message) for w in caught if issubclass(w.category, VizWarning)]
     assert not viz, viz
     assert graphs() > 0, "the training and validation steps did not run compiled"
@@ -84,7 +84,7 @@ def test_compiled_model_with_validation_and_the_core_callbacks(tmp_path, device)
     assert hook_count(model) == 0
     # activations: the epoch-end captures, against an eager forward on the same 4 validation images
     assert am.layer_names == ["conv1", "conv2"] and am.history["conv1"]["step"] == [2, 4]
-    model.eval()
+    model.to(device).eval()  # Lightning moved it back to the CPU at the end of fit
     with torch.no_grad():
         x = RandomImages(n=32).x[:4].to(device)
         a = torch.relu(model.conv1(x)).double().cpu()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_viz.core import stats
+from lightning_viz.core import device_histograms, stats
 from lightning_viz.core.cpu_histograms import MAX_EXACT_CHUNK
 from tests.gpu.devices import DEVICES
 
@@ -54,12 +54,35 @@ def tensors(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {name: t.to(dtype).to(device) for name, t in cases.items()}
 
 
+# which engine counts: the device's own (the CPU engine on the CPU, device_histograms on CUDA), or on the CPU
+# the accelerator engine, with its usual groups or with groups so small that tensors span several of them
+ENGINES = [
+    pytest.param("native", id="native"),
+    pytest.param("device-engine", id="device-engine"),
+    pytest.param("small-groups", id="small-groups"),
+    pytest.param("deterministic", id="deterministic"),  # counted by index_add_: CUDA's histc has no such mode
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bins", [64, 7])
-def test_counts_equal_numpy_on_the_same_edges(device, dtype, bins):
+def test_counts_equal_numpy_on_the_same_edges(device, dtype, bins, engine, monkeypatch):
+    if engine in ("device-engine", "small-groups") and device != "cpu":
+        pytest.skip("on CUDA the accelerator engine is the native one")
+    if engine != "native" and device == "cpu":
+        monkeypatch.setattr(stats, "_on_cpu", lambda xs: False)
+    if engine == "small-groups":
+        monkeypatch.setattr(device_histograms, "ROW", 16)
+        monkeypatch.setattr(device_histograms, "GROUP", 16 * 256)
     named = tensors(device, dtype)
-    hs, failed = stats.histogram_set(list(named.values()), list(named), bins)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(engine == "deterministic" or was)
+    try:
+        hs, failed = stats.histogram_set(list(named.values()), list(named), bins)
+    finally:
+        torch.use_deterministic_algorithms(was)
     assert not failed, "histogram_set reported a failure"
     assert hs.names == list(named) and hs.counts.shape == (len(named), bins)
     for i, (name, t) in enumerate(named.items()):
@@ -88,3 +111,28 @@ def test_counts_equal_numpy_on_the_same_edges(device, dtype, bins):
         scale = float(np.abs(fin).sum())
         assert hs.sum[i] == pytest.approx(fin.sum(), rel=1e-5, abs=1e-6 * scale + 1e-30), where
         assert hs.sum_squares[i] == pytest.approx(np.sum(fin**2), rel=1e-4), where
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_accelerator_engine_mixes_dtypes_and_skips_no_tensor(device, monkeypatch):
+    """float64 and float32 tensors in one call (counted in groups of their own dtype), with a ``None``
+    gradient and an empty tensor between them, by the accelerator engine (forced on the CPU)."""
+    if device == "cpu":
+        monkeypatch.setattr(stats, "_on_cpu", lambda xs: False)
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(3000, generator=g, dtype=torch.float64) * 1e-3
+    a[10] = math.nan
+    b = torch.randn(5000, generator=g)
+    c = torch.randn(700, generator=g, dtype=torch.float64) + 1e6  # a narrow range far from zero
+    ts = [a.to(device), None, b.to(device), torch.empty(0, device=device), c.to(device)]
+    hs, failed = stats.histogram_set(ts, ["a", "none", "b", "empty", "c"], 32)
+    assert not failed
+    for i, t in [(0, a), (2, b), (4, c)]:
+        v = t.double().numpy()
+        fin = v[np.isfinite(v)]
+        assert np.array_equal(hs.counts[i], np.histogram(fin, bins=hs.edges[i])[0]), hs.names[i]
+        assert hs.nonfinite[i] == v.size - fin.size and hs.numel[i] == v.size
+        assert hs.sum[i] == pytest.approx(fin.sum(), rel=1e-9)
+        assert hs.sum_squares[i] == pytest.approx(np.sum(fin**2), rel=1e-9)
+    for i in (1, 3):
+        assert hs.counts[i].sum() == 0 and hs.nonfinite[i] == 0

@@ -25,7 +25,7 @@ from tests.callbacks.test_weight_histogram_optimizers import (
     gan_data,
     viz_warnings,
 )
-from tests.gpu.devices import DEVICES, device_trainer
+from tests.gpu.devices import DEVICES, device_trainer, trained_on
 from tests.helpers import read_events
 
 LOGGED = (0, 3, 6)  # every_n_steps=3 over gan_data()'s 8 batches
@@ -44,7 +44,7 @@ def test_16_mixed_gradient_statistics_are_those_of_the_unscaled_gradients(tmp_pa
         warnings.simplefilter("always")
         trainer.fit(AdamRegressor(fused), gan_data())
     assert viz_warnings(caught) == []
-    assert next(trainer.lightning_module.parameters()).device.type == device
+    assert trained_on(trainer) == {device}
     # Lightning unscales before the hook unless the optimizer unscales in step() (fused)
     assert rec.unscaled[0] is (not fused) and rec.scale[0] == 2.0**10
     acc = read_events(trainer.logger.log_dir)
