@@ -26,6 +26,7 @@ from lightning_viz.render._layout import (
     place_grid,
     suptitle,
 )
+from lightning_viz.render._stamp import stamp_labels
 
 ORDER_WORDS = {
     "mean_activation": "highest mean activation",
@@ -158,6 +159,7 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
         slots[0] = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         _show_input(slots[0], image, int(data.get("sample_index", 0)), str(data.get("input_source", "")))
     bars: list[tuple[Axes, Axes, tuple[int, ...], Any]] = []
+    labels: list[tuple[Axes, Any, list[str], list[tuple[float, float]]]] = []
     for row, layer in enumerate(layers):
         ax = slots[row * ncols + ncols - 1] = fig.add_axes((0.0, 0.0, 1.0, 1.0))
         maps = np.asarray(layer["maps"])
@@ -165,18 +167,12 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
         cmap = matplotlib.colormaps["viridis"].with_extremes(over="white", bad=NONFINITE_COLOR)
         im = ax.imshow(grid, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
         h, w = maps.shape[1] + GRID_PAD, maps.shape[2] + GRID_PAD
-        for i, ch in enumerate(np.asarray(layer["channels"]).tolist()):
-            r, c = divmod(i, nrow)
-            ax.text(
-                c * w + GRID_PAD + 0.3,
-                r * h + GRID_PAD + 0.3,
-                str(ch),
-                color="white",
-                fontsize=7,
-                va="top",
-                ha="left",
-                bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0},
-            )
+        channels = [str(ch) for ch in np.asarray(layer["channels"]).tolist()]
+        corners = [
+            ((i % nrow) * w + GRID_PAD - 0.5 + 0.15, (i // nrow) * h + GRID_PAD - 0.5 + 0.15)
+            for i in range(len(channels))
+        ]
+        labels.append((ax, im, channels, corners))
         order = ORDER_WORDS.get(str(layer.get("order")), str(layer.get("order")))
         title = (
             f"{layer['name']} ({layer['kind']}): {len(layer['channels'])} of {layer['total_channels']} "
@@ -209,6 +205,8 @@ def render_feature_maps(data: Mapping[str, Any]) -> Figure:
         y0 = y + (hgt - drawn_h) / 2
         cax.set_position(((left + width + CBAR_GAP) / fig_w, y0 / fig_h, CBAR_WIDTH / fig_w, drawn_h / fig_h))
         flatten_ticks(cax)
+    for ax, im, channels, corners in labels:  # every tile's channel index, one overlay per layer
+        stamp_labels(ax, im, channels, corners)
     return fig
 
 

@@ -9,6 +9,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from lightning_viz.render import close_figure
+from lightning_viz.render._figure import to_rgba
+from lightning_viz.render._stamp import LABELS_GID
 from lightning_viz.render.activation_stats import render_activation_stats
 from lightning_viz.render.activations import (
     PAD_VALUE,
@@ -60,8 +62,10 @@ def test_feature_maps_show_the_input_beside_one_labelled_grid_per_layer(figures)
     assert titles[0] == "input (example 3)"
     assert titles[1].startswith("features.0 (Conv2d): 4 of 4 channels, highest mean activation")
     assert titles[2].startswith("features.3 (Conv2d): 5 of 32 channels")
-    # each tile carries its channel index, in display order
-    assert [t.get_text() for t in axes[2].texts] == ["4", "3", "2", "1", "0"]
+    # each tile carries its channel index, in display order: one overlay of stamped labels per layer
+    (overlay,) = [im for im in axes[2].images if im.get_gid() == LABELS_GID]
+    assert overlay.get_label() == "4,3,2,1,0" and not axes[2].texts
+    assert overlay.get_zorder() > axes[2].images[0].get_zorder()
     assert "step 12" in fig.get_suptitle()
 
 
@@ -275,3 +279,28 @@ def test_maps_and_heatmaps_name_the_layers_that_did_not_run(figures):
     fig = render_heatmaps({"step": 3, "layers": [heat]})
     figures.append(fig)
     assert "not run" not in fig._suptitle.get_text()
+
+
+def test_stamped_labels_are_white_text_on_a_dark_box_at_each_tile(figures):
+    # the rendered pixels: at each tile's top-left corner a dark box with white text; elsewhere the map itself
+    maps = np.full((4, 16, 16), 0.5, dtype=np.float32)
+    maps[:, 0, 0] = 0.0
+    maps[:, -1, -1] = 1.0
+    layer = {**maps_layer("c", 4, 4), "maps": maps, "channels": np.array([11, 7, 3, 0])}
+    fig = render_feature_maps({"step": 1, "input": None, "layers": [layer]})
+    figures.append(fig)
+    rgba = to_rgba(fig).astype(float)
+    (ax,) = image_axes(fig)
+    ax.apply_aspect()
+    box = ax.get_window_extent()
+    h = rgba.shape[0]
+    x0, x1 = int(box.x0), int(box.x1)
+    y0 = int(h - box.y1)  # rows from the top
+    tile = (x1 - x0) // 2  # a 2 x 2 grid of tiles
+    for r in range(2):
+        for c in range(2):
+            corner = rgba[y0 + r * tile + 3 : y0 + r * tile + 14, x0 + c * tile + 3 : x0 + c * tile + 14, :3]
+            assert corner.max() > 240, (r, c)  # white glyph pixels
+            assert corner.min() < 80, (r, c)  # the dark box
+    middle = rgba[y0 + tile // 2 - 2 : y0 + tile // 2 + 2, x0 + tile // 2 - 2 : x0 + tile // 2 + 2, :3]
+    assert np.ptp(middle.reshape(-1, 3), axis=0).max() < 10  # the map's own constant colour: no label there
