@@ -203,6 +203,12 @@ def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
         ),
         Arm("WeightPicture (default)", lambda: [lv.WeightPictureCallback()], None, "every epoch end"),
         Arm(
+            "PredictionGrid (default)",
+            lambda: [lv.PredictionGridCallback()],
+            None,
+            "every epoch end; the worst examples from the validation forward passes",
+        ),
+        Arm(
             "ActivationHistogram (default)",
             lambda: [lv.ActivationHistogramCallback()],
             _every(50),

@@ -36,6 +36,7 @@ CALLBACKS = (
     "WeightPictureCallback",
     "ActivationMapCallback",
     "ActivationHistogramCallback",
+    "PredictionGridCallback",
     "CurvePlotCallback",
     "TrainingHealthCallback",
     "RankViewCallback",

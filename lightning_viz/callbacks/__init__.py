@@ -5,6 +5,7 @@ from lightning_viz.callbacks.activation_map import ActivationMapCallback
 from lightning_viz.callbacks.curve_plot import CurvePlotCallback
 from lightning_viz.callbacks.metric_plot import MetricPlotCallback
 from lightning_viz.callbacks.model_summary import ModelSummaryCallback
+from lightning_viz.callbacks.prediction_grid import PredictionGridCallback
 from lightning_viz.callbacks.rank_view import RankViewCallback
 from lightning_viz.callbacks.report import ReportCallback
 from lightning_viz.callbacks.training_health import TrainingHealthCallback
@@ -17,6 +18,7 @@ __all__ = [
     "CurvePlotCallback",
     "MetricPlotCallback",
     "ModelSummaryCallback",
+    "PredictionGridCallback",
     "RankViewCallback",
     "ReportCallback",
     "TrainingHealthCallback",

@@ -135,3 +135,28 @@ class PerRank(Captured):
         if failed:
             return None
         return Reduced(self.step, {"names": list(self.names), "rows": rows.numpy()})
+
+
+@dataclass
+class SumsAndRows(Captured):
+    """A :class:`Sums` record and, beside it, one row of each rank gathered apart (one all-gather): fixed
+    fields plus per-rank candidates the render picks from (the worst examples of each rank's data).
+
+    Attributes:
+        sums: the fixed fields.
+        row: this rank's ``[F]`` float row (the same length on every rank).
+    """
+
+    sums: Sums
+    row: torch.Tensor
+    step: int = 0
+    failed: bool = False
+
+    def reduce(self) -> Reduced | None:
+        red, failed = reduce_values(
+            self.sums.values, self.sums.reductions, failed=self.failed or self.sums.failed
+        )
+        rows, failed_rows = gather_rows(self.row, failed=failed)
+        if failed or failed_rows:
+            return None
+        return Reduced(self.sums.step, {**{k: v.cpu() for k, v in red.items()}, "rows": rows}, self.sums.meta)

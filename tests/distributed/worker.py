@@ -190,6 +190,31 @@ class LossProbe(Callback):
         (self.out / f"loss_rank{trainer.global_rank}.json").write_text(json.dumps(self.losses))
 
 
+class ValLossProbe(Callback):
+    """Each rank's per-example validation cross-entropy of every epoch, by the test's own forward pass, saved
+    as ``val_losses_rank{r}_epoch{e}.npz`` (losses, targets) at the epoch's end."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.losses, self.targets = out, [], []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if trainer.sanity_checking:
+            return
+        x, y = batch
+        with torch.no_grad():
+            self.losses.append(torch.nn.functional.cross_entropy(pl_module(x), y, reduction="none"))
+        self.targets.append(y)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        name = f"val_losses_rank{trainer.global_rank}_epoch{trainer.current_epoch}.npz"
+        np.savez(
+            self.out / name, losses=torch.cat(self.losses).numpy(), targets=torch.cat(self.targets).numpy()
+        )
+        self.losses, self.targets = [], []
+
+
 class SlowRank(Callback):
     """Sleeps on one rank at logging steps, before the visualisation callbacks run."""
 
@@ -213,6 +238,7 @@ def build_callbacks(spec: dict) -> list[Callback]:
         "rankview": lambda: lv.RankViewCallback(every_n_steps=every),
         "acthist": lambda: lv.ActivationHistogramCallback(every_n_steps=every, bins=16, gradients=True),
         "weightpic": lambda: lv.WeightPictureCallback(every_n_epochs=None, every_n_steps=every),
+        "predgrid": lambda: lv.PredictionGridCallback(sample_size=4, worst_k=5),
     }
     names = spec.get("callbacks", ["summary", "weights", "activations", "curves"])  # the core four
     return [table[n]() for n in names]
@@ -258,6 +284,8 @@ def main() -> None:
         extra.append(ActivationProbe(spec["activation_probe_steps"], out))
     if spec.get("loss_probe"):
         extra.append(LossProbe(out))
+    if spec.get("val_loss_probe"):
+        extra.append(ValLossProbe(out))
     for cb in callbacks:
         instrument(cb, counter, steps, [])
 

@@ -23,6 +23,7 @@ from lightning_viz import (
     CurvePlotCallback,
     MetricPlotCallback,
     ModelSummaryCallback,
+    PredictionGridCallback,
     RankViewCallback,
     ReportCallback,
     TrainingHealthCallback,
@@ -45,6 +46,7 @@ KINDS = {
     "rank_view": {"ranks_loss", "ranks_time", "ranks_activations"},
     "activation_histogram": {"activations_evolution", "activation_grad_norms"},
     "weight_picture": {"weights"},
+    "prediction_grid": {"predictions"},
 }
 
 
@@ -75,6 +77,7 @@ def every_callback() -> list:
         RankViewCallback(every_n_steps=2),
         ActivationHistogramCallback(every_n_steps=2, gradients=True),
         WeightPictureCallback(),
+        PredictionGridCallback(sample_size=4, worst_k=3),
         ReportCallback(),
     ]
 
