@@ -209,6 +209,12 @@ def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
             "every epoch end; the worst examples from the validation forward passes",
         ),
         Arm(
+            "Embedding (default)",
+            lambda: [lv.EmbeddingCallback()],
+            None,
+            "every epoch end; 256 examples, the last Linear's input, PCA and the Projector files",
+        ),
+        Arm(
             "ActivationHistogram (default)",
             lambda: [lv.ActivationHistogramCallback()],
             _every(50),

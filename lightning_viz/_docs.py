@@ -37,6 +37,7 @@ CALLBACKS = (
     "ActivationMapCallback",
     "ActivationHistogramCallback",
     "PredictionGridCallback",
+    "EmbeddingCallback",
     "CurvePlotCallback",
     "TrainingHealthCallback",
     "RankViewCallback",

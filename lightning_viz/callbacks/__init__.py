@@ -3,6 +3,7 @@
 from lightning_viz.callbacks.activation_histogram import ActivationHistogramCallback
 from lightning_viz.callbacks.activation_map import ActivationMapCallback
 from lightning_viz.callbacks.curve_plot import CurvePlotCallback
+from lightning_viz.callbacks.embedding import EmbeddingCallback
 from lightning_viz.callbacks.metric_plot import MetricPlotCallback
 from lightning_viz.callbacks.model_summary import ModelSummaryCallback
 from lightning_viz.callbacks.prediction_grid import PredictionGridCallback
@@ -16,6 +17,7 @@ __all__ = [
     "ActivationHistogramCallback",
     "ActivationMapCallback",
     "CurvePlotCallback",
+    "EmbeddingCallback",
     "MetricPlotCallback",
     "ModelSummaryCallback",
     "PredictionGridCallback",

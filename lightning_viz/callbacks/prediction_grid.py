@@ -9,33 +9,20 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
-from torch.nn import functional as F
 
 from lightning_viz.core import distributed, targets
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
+from lightning_viz.core.errors import check_names
 from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.hooks import eager, modes_kept
-from lightning_viz.core.model_input import ModelInput, feed_hint, model_input
+from lightning_viz.core.model_input import ModelInput, model_input
 from lightning_viz.core.records import Reduced, Sums, SumsAndRows
-from lightning_viz.core.sample_batch import examples_at, first_examples, sample_loader
+from lightning_viz.core.sample_batch import labelled_sample, sample_loader, shrunk_images
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.predictions import render_predictions
 
 SEQUENCE_SHOWN, SEQUENCE_TOKENS = 8, 64  # the examples and positions the sequence panel shows
-
-
-def _images(x: torch.Tensor | None, max_px: int) -> torch.Tensor | None:
-    """``[N, C, H, W]`` inputs with 1 or 3 channels, shrunk (area means) to at most ``max_px`` a side, as
-    float32; ``None`` for inputs that are no images."""
-    if x is None or x.ndim != 4 or x.shape[1] not in (1, 3) or not x.is_floating_point():
-        return None
-    x = x.detach().float()
-    scale = max_px / max(x.shape[2], x.shape[3])
-    if scale < 1:
-        size = (max(1, math.floor(x.shape[2] * scale)), max(1, math.floor(x.shape[3] * scale)))
-        x = F.adaptive_avg_pool2d(x, size)
-    return x
 
 
 class PredictionGridCallback(VizCallback):
@@ -100,18 +87,12 @@ class PredictionGridCallback(VizCallback):
         check_choice("task", task, targets.TASKS)
         check_int("worst_k", worst_k, 0)
         check_int("max_image_px", max_image_px, 4)
-        if class_names is not None and (
-            not isinstance(class_names, (list, tuple)) or not all(isinstance(c, str) for c in class_names)
-        ):
-            raise ValueError(
-                f'`class_names` must be a list of strings, e.g. ["cat", "dog"]; got {class_names!r}'
-            )
         self.every_n_epochs = every_n_epochs
         self.sample_size = sample_size
         self.sample_from = sample_from
         self.task = task
         self.worst_k = worst_k
-        self.class_names = list(class_names) if class_names is not None else None
+        self.class_names = check_names("class_names", class_names)
         self.max_image_px = max_image_px
         self.schedule = Schedule(None, every_n_epochs)
         self._loader: Any = None
@@ -155,31 +136,16 @@ class PredictionGridCallback(VizCallback):
     # ------------------------------------------------------------------ the fixed sample
     def _sample_pair(self, pl_module: LightningModule) -> tuple[ModelInput, torch.Tensor] | None:
         if self._sample is None:
-            seen: list[torch.Tensor | None] = []
-
-            def feed(batch: Any) -> ModelInput | None:
-                inp = model_input(batch, pl_module)
-                if inp is None:
-                    warn_once((type(self).__name__, "feed"), feed_hint(type(self).__name__, pl_module, batch))
-                seen.append(targets.target_of(batch))
-                return inp
-
-            if self._indices is None:
-                inp = first_examples(self._loader, self.sample_size, feed, argument="sample_size")
-            else:
-                inp = examples_at(self._loader, self._indices, feed)
-            ys = [y for y in seen if y is not None]
-            if inp is None or inp.is_example or len(ys) != len(seen) or not ys:
-                if inp is not None:
-                    warn_once(
-                        (type(self).__name__, "target"),
-                        "PredictionGridCallback: the batches hold no target (a tuple's second element, or a "
-                        f"dict key among {list(targets.TARGET_KEYS)}); the fixed sample is not drawn.",
-                    )
-                self._sample = False
-            else:
-                y = torch.cat(ys)[: self.sample_size] if len(ys) > 1 else ys[0][: self.sample_size]
-                self._sample = (inp.examples(self.sample_size).apply(lambda t: t.detach().cpu()), y.cpu())
+            got = labelled_sample(
+                self._loader, self._indices, self.sample_size, pl_module, type(self).__name__
+            )
+            if got is not None and got[1] is None:
+                warn_once(
+                    (type(self).__name__, "target"),
+                    "PredictionGridCallback: the batches hold no target (a tuple's second element, or a "
+                    f"dict key among {list(targets.TARGET_KEYS)}); the fixed sample is not drawn.",
+                )
+            self._sample = (got[0], got[1]) if got is not None and got[1] is not None else False
         return self._sample or None
 
     def _predict(self, trainer: Trainer, pl_module: LightningModule, inp: ModelInput) -> torch.Tensor | None:
@@ -205,7 +171,7 @@ class PredictionGridCallback(VizCallback):
             if self._worst_shape is None:  # from the fixed sample: the same on every rank (the rows' width)
                 with self.guard(trainer, "fixed sample"):
                     pair = self._sample_pair(pl_module)
-                    images = _images(pair[0].primary(), self.max_image_px) if pair else None
+                    images = shrunk_images(pair[0].primary(), self.max_image_px) if pair else None
                     self._worst_shape = tuple(images.shape[1:]) if images is not None else ()
             self._hook = pl_module.register_forward_hook(self._keep_output)
 
@@ -258,7 +224,7 @@ class PredictionGridCallback(VizCallback):
         if task not in ("classification", "binary", "regression"):
             return
         judged = targets.judge(task, p, y.to(p.device))
-        images = _images(inp.primary(), self.max_image_px)
+        images = shrunk_images(inp.primary(), self.max_image_px)
         cols = [judged.loss, judged.true.float(), judged.pred.float(), judged.conf.float()]
         rows = torch.stack(cols, 1)
         if self._worst_shape:
@@ -299,7 +265,7 @@ class PredictionGridCallback(VizCallback):
                     else:
                         for k in ("loss", "true", "pred", "conf"):
                             values[f"s_{k}"] = getattr(judged, k).float().cpu()
-                        images = _images(inp.primary(), self.max_image_px)
+                        images = shrunk_images(inp.primary(), self.max_image_px)
                         if images is not None:
                             values["s_images"] = images.cpu()
         except Exception as err:  # every rank still takes part in the collectives

@@ -106,3 +106,13 @@ def check_patterns(name: str, value: Any, default: str, example: str, *, empty: 
         raise ValueError(
             f"`{name}` must be null ({default}) or {kind} of glob patterns such as {example}; got {value!r}"
         )
+
+
+def check_names(name: str, value: Any, example: str = '["cat", "dog"]') -> list[str] | None:
+    """``value`` (null or a list of strings, such as class names by index) as a list; else raise
+    ``ValueError`` naming the argument."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(c, str) for c in value):
+        raise ValueError(f"`{name}` must be a list of strings, e.g. {example}; got {value!r}")
+    return list(value)

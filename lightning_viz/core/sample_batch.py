@@ -5,18 +5,25 @@ one rule of :mod:`lightning_viz.core.model_input`.
 before any loop runs; :func:`dataset_size` says whether its dataset can be indexed; :func:`examples_at`
 collates chosen examples as the dataloader would, and :func:`first_examples` takes the first examples an
 iterable dataset yields. What the model is fed is left to the caller's ``feed`` (``None``: it cannot be).
+:func:`labelled_sample` builds a fixed sample with its targets (the rule of :mod:`lightning_viz.core.targets`)
+and :func:`shrunk_images` makes its image inputs small enough to draw.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import Trainer
+from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from lightning_viz.core import lightning_state
-from lightning_viz.core.model_input import ModelInput
+from lightning_viz.core import lightning_state, targets
+from lightning_viz.core.model_input import ModelInput, feed_hint, model_input
+from lightning_viz.core.warn import warn_once
 
 Feed = Callable[[Any], ModelInput | None]  # a collated batch -> what the model is fed, or None
 
@@ -104,3 +111,47 @@ def sample_loader(
     if indices is None or len(indices) != sample_size:
         indices = list(range(sample_size))
     return loader, which, indices
+
+
+def labelled_sample(
+    loader: DataLoader, indices: list[int] | None, n: int, model: nn.Module, owner: str
+) -> tuple[ModelInput, torch.Tensor | None] | None:
+    """The fixed sample of ``n`` examples (at ``indices``, or the first ones of an iterable dataset) as the
+    model is fed it, detached on the CPU, and its targets (``None`` when a batch holds none). ``None``, after
+    one warning naming ``owner``, when the batches cannot feed the model. A model fed its
+    ``example_input_array`` instead (``is_example``) has no examples of the data and no targets."""
+    seen: list[torch.Tensor | None] = []
+
+    def feed(batch: Any) -> ModelInput | None:
+        inp = model_input(batch, model)
+        if inp is None:
+            warn_once((owner, "feed"), feed_hint(owner, model, batch))
+        seen.append(targets.target_of(batch))
+        return inp
+
+    if indices is None:
+        inp = first_examples(loader, n, feed, argument="sample_size")
+    else:
+        inp = examples_at(loader, indices, feed)
+    if inp is None:
+        return None
+    if inp.is_example:
+        return inp, None
+    ys = [y for y in seen if y is not None]
+    y = None
+    if ys and len(ys) == len(seen):
+        y = (torch.cat(ys) if len(ys) > 1 else ys[0])[:n].detach().cpu()
+    return inp.examples(n).apply(lambda t: t.detach().cpu()), y
+
+
+def shrunk_images(x: torch.Tensor | None, max_px: int) -> torch.Tensor | None:
+    """``[N, C, H, W]`` float inputs with 1 or 3 channels, shrunk (area means) to at most ``max_px`` a side,
+    as float32; ``None`` for inputs that are no images."""
+    if x is None or x.ndim != 4 or x.shape[1] not in (1, 3) or not x.is_floating_point():
+        return None
+    x = x.detach().float()
+    scale = max_px / max(x.shape[2], x.shape[3])
+    if scale < 1:
+        size = (max(1, math.floor(x.shape[2] * scale)), max(1, math.floor(x.shape[3] * scale)))
+        x = F.adaptive_avg_pool2d(x, size)
+    return x

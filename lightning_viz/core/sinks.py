@@ -7,7 +7,8 @@ with one warning.
 
 * :class:`FileSink` writes PNG files, the data behind each figure (JSON / NPZ) and text, atomically. It is
   always there: with no logger at all, the files are the whole output.
-* :class:`TensorBoardSink`: images, native histograms, text and scalars through a ``TensorBoardLogger``.
+* :class:`TensorBoardSink`: images, native histograms, text, scalars and the Projector's embeddings through a
+  ``TensorBoardLogger``.
 * :class:`WandbSink`: ``wandb.Image``, ``wandb.Histogram``, ``wandb.Html`` and scalars through a
   ``WandbLogger``, all against its ``trainer/global_step`` axis.
 * :class:`MLflowSink`: images with ``MlflowClient.log_image(key=..., step=...)`` (MLflow's step slider),
@@ -71,6 +72,16 @@ class Sink:
 
     def data(self, stem: str, payload: Any) -> None:
         """The data behind a figure, so it can be drawn again."""
+
+    def embedding(
+        self,
+        tag: str,
+        features: np.ndarray,
+        metadata: Mapping[str, Sequence[str]] | None,
+        images: np.ndarray | None,
+        step: int,
+    ) -> None:
+        """Feature vectors of a fixed sample (``[N, D]``), a label column or more, ``[N, C, H, W]`` images."""
 
 
 class FileSink(Sink):
@@ -189,6 +200,21 @@ class TensorBoardSink(LoggerSink):
         # torch's own histogram_raw (what add_histogram_raw writes), every value in one event
         values = [v for tag, kw in raw for v in histogram_raw(tag, **kw).value]
         file_writer.add_summary(Summary(value=values), step)
+
+    def embedding(
+        self,
+        tag: str,
+        features: np.ndarray,
+        metadata: Mapping[str, Sequence[str]] | None,
+        images: np.ndarray | None,
+        step: int,
+    ) -> None:
+        # the Projector dashboard's files, beside the event files (what add_embedding writes, atomically)
+        from lightning_viz.core.projector import write_embedding
+
+        get_logdir = getattr(self.logger.experiment, "get_logdir", None)
+        logdir = get_logdir() if callable(get_logdir) else self.logger.log_dir
+        write_embedding(logdir, tag, step, features, dict(metadata) if metadata else None, images)
 
     def text(self, tag: str, text: str, step: int, stem: str) -> None:
         # TensorBoard renders markdown: keep the table's alignment in a code block.

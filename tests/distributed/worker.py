@@ -215,6 +215,27 @@ class ValLossProbe(Callback):
         self.losses, self.targets = [], []
 
 
+class EmbeddingProbe(Callback):
+    """Each rank's own penultimate features (the input of ``fc``) for the first 8 validation examples, in eval
+    mode, at each epoch end (before the visualisation callbacks): ``embedding_rank{r}_epoch{e}.npz``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        x, y = (t[:8] for t in trainer.val_dataloaders.dataset.tensors)
+        got: list[torch.Tensor] = []
+        handle = pl_module.fc.register_forward_pre_hook(lambda m, args: got.append(args[0].detach()))
+        was = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            out = pl_module(x)
+        pl_module.train(was)
+        handle.remove()
+        name = f"embedding_rank{trainer.global_rank}_epoch{trainer.current_epoch}.npz"
+        np.savez(self.out / name, features=got[0].numpy(), labels=y.numpy(), predicted=out.argmax(-1).numpy())
+
+
 class SlowRank(Callback):
     """Sleeps on one rank at logging steps, before the visualisation callbacks run."""
 
@@ -239,6 +260,7 @@ def build_callbacks(spec: dict) -> list[Callback]:
         "acthist": lambda: lv.ActivationHistogramCallback(every_n_steps=every, bins=16, gradients=True),
         "weightpic": lambda: lv.WeightPictureCallback(every_n_epochs=None, every_n_steps=every),
         "predgrid": lambda: lv.PredictionGridCallback(sample_size=4, worst_k=5),
+        "embedding": lambda: lv.EmbeddingCallback(sample_size=8),
     }
     names = spec.get("callbacks", ["summary", "weights", "activations", "curves"])  # the core four
     return [table[n]() for n in names]
@@ -286,6 +308,8 @@ def main() -> None:
         extra.append(LossProbe(out))
     if spec.get("val_loss_probe"):
         extra.append(ValLossProbe(out))
+    if spec.get("embedding_probe"):
+        extra.append(EmbeddingProbe(out))
     for cb in callbacks:
         instrument(cb, counter, steps, [])
 

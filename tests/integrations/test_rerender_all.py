@@ -21,6 +21,7 @@ from lightning_viz import (
     ActivationHistogramCallback,
     ActivationMapCallback,
     CurvePlotCallback,
+    EmbeddingCallback,
     MetricPlotCallback,
     ModelSummaryCallback,
     PredictionGridCallback,
@@ -47,6 +48,7 @@ KINDS = {
     "activation_histogram": {"activations_evolution", "activation_grad_norms"},
     "weight_picture": {"weights"},
     "prediction_grid": {"predictions"},
+    "embedding": {"embedding"},
 }
 
 
@@ -78,6 +80,7 @@ def every_callback() -> list:
         ActivationHistogramCallback(every_n_steps=2, gradients=True),
         WeightPictureCallback(),
         PredictionGridCallback(sample_size=4, worst_k=3),
+        EmbeddingCallback(sample_size=16),
         ReportCallback(),
     ]
 
