@@ -208,6 +208,7 @@ def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
             None,
             "every epoch end; the worst examples from the validation forward passes",
         ),
+        Arm("ModelGraph (default)", lambda: [lv.ModelGraphCallback()], None, "once at setup, rank 0"),
         Arm(
             "Embedding (default)",
             lambda: [lv.EmbeddingCallback()],

@@ -32,6 +32,7 @@ END = "<!-- reference:end -->"
 X = "\N{MULTIPLICATION SIGN}"
 CALLBACKS = (
     "ModelSummaryCallback",
+    "ModelGraphCallback",
     "WeightHistogramCallback",
     "WeightPictureCallback",
     "ActivationMapCallback",

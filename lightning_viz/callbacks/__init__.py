@@ -5,6 +5,7 @@ from lightning_viz.callbacks.activation_map import ActivationMapCallback
 from lightning_viz.callbacks.curve_plot import CurvePlotCallback
 from lightning_viz.callbacks.embedding import EmbeddingCallback
 from lightning_viz.callbacks.metric_plot import MetricPlotCallback
+from lightning_viz.callbacks.model_graph import ModelGraphCallback
 from lightning_viz.callbacks.model_summary import ModelSummaryCallback
 from lightning_viz.callbacks.prediction_grid import PredictionGridCallback
 from lightning_viz.callbacks.rank_view import RankViewCallback
@@ -19,6 +20,7 @@ __all__ = [
     "CurvePlotCallback",
     "EmbeddingCallback",
     "MetricPlotCallback",
+    "ModelGraphCallback",
     "ModelSummaryCallback",
     "PredictionGridCallback",
     "RankViewCallback",

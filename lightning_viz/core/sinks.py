@@ -7,8 +7,8 @@ with one warning.
 
 * :class:`FileSink` writes PNG files, the data behind each figure (JSON / NPZ) and text, atomically. It is
   always there: with no logger at all, the files are the whole output.
-* :class:`TensorBoardSink`: images, native histograms, text, scalars and the Projector's embeddings through a
-  ``TensorBoardLogger``.
+* :class:`TensorBoardSink`: images, native histograms, text, scalars, the Projector's embeddings and the
+  Graphs dashboard's traced model through a ``TensorBoardLogger``.
 * :class:`WandbSink`: ``wandb.Image``, ``wandb.Histogram``, ``wandb.Html`` and scalars through a
   ``WandbLogger``, all against its ``trainer/global_step`` axis.
 * :class:`MLflowSink`: images with ``MlflowClient.log_image(key=..., step=...)`` (MLflow's step slider),
@@ -29,6 +29,7 @@ import csv
 import importlib
 import re
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,13 @@ class Sink:
     ) -> None:
         """Feature vectors of a fixed sample (``[N, D]``), a label column or more, ``[N, C, H, W]`` images."""
 
+    def graph(self, model: Any, inputs: tuple[Any, ...]) -> None:
+        """The model's traced graph (``inputs``: the positional tensors of one forward call); runs the
+        model, on the calling thread."""
+
+    def raw(self, name: str, data: bytes) -> None:
+        """A file of bytes as it is (an SVG), by its name."""
+
 
 class FileSink(Sink):
     """Files under one directory: ``<stem>.png``, ``<stem>.json`` / ``<stem>.npz`` and ``<stem>.txt``."""
@@ -97,6 +105,9 @@ class FileSink(Sink):
 
     def text(self, tag: str, text: str, step: int, stem: str) -> None:
         atomic_write_bytes(self.root / f"{stem}.txt", text.encode())
+
+    def raw(self, name: str, data: bytes) -> None:
+        atomic_write_bytes(self.root / name, data)
 
     def data(self, stem: str, payload: Any) -> None:
         if (
@@ -215,6 +226,12 @@ class TensorBoardSink(LoggerSink):
         get_logdir = getattr(self.logger.experiment, "get_logdir", None)
         logdir = get_logdir() if callable(get_logdir) else self.logger.log_dir
         write_embedding(logdir, tag, step, features, dict(metadata) if metadata else None, images)
+
+    def graph(self, model: Any, inputs: tuple[Any, ...]) -> None:
+        # the Graphs dashboard: add_graph traces with torch.jit.trace (its deprecation notes are not the user's)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.logger.experiment.add_graph(model, inputs, use_strict_trace=False)
 
     def text(self, tag: str, text: str, step: int, stem: str) -> None:
         # TensorBoard renders markdown: keep the table's alignment in a code block.

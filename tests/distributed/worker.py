@@ -261,6 +261,7 @@ def build_callbacks(spec: dict) -> list[Callback]:
         "weightpic": lambda: lv.WeightPictureCallback(every_n_epochs=None, every_n_steps=every),
         "predgrid": lambda: lv.PredictionGridCallback(sample_size=4, worst_k=5),
         "embedding": lambda: lv.EmbeddingCallback(sample_size=8),
+        "graph": lambda: lv.ModelGraphCallback(),
     }
     names = spec.get("callbacks", ["summary", "weights", "activations", "curves"])  # the core four
     return [table[n]() for n in names]

@@ -23,6 +23,7 @@ from lightning_viz import (
     CurvePlotCallback,
     EmbeddingCallback,
     MetricPlotCallback,
+    ModelGraphCallback,
     ModelSummaryCallback,
     PredictionGridCallback,
     RankViewCallback,
@@ -49,6 +50,7 @@ KINDS = {
     "weight_picture": {"weights"},
     "prediction_grid": {"predictions"},
     "embedding": {"embedding"},
+    "model_graph": {"model_graph"},  # needs torchview and Graphviz's dot: both in the dev set-up
 }
 
 
@@ -71,6 +73,7 @@ class EveryKind(WithMetrics):
 def every_callback() -> list:
     return [
         ModelSummaryCallback(),
+        ModelGraphCallback(),
         WeightHistogramCallback(every_n_steps=2),
         ActivationMapCallback(every_n_epochs=1, layers=["conv1", "conv2", "fc"], sample_size=4),
         CurvePlotCallback(),
