@@ -169,6 +169,18 @@ def suite_quickstart() -> list[Callback]:
     ]
 
 
+def suite_articles() -> list[Callback]:
+    """The callbacks of the source articles (#18) at their defaults: the fixed-sample ones every epoch."""
+    return [
+        lv.ModelGraphCallback(),
+        lv.WeightPictureCallback(),
+        lv.ActivationHistogramCallback(),
+        lv.PredictionGridCallback(),
+        lv.EmbeddingCallback(),
+        lv.SaliencyCallback(),
+    ]
+
+
 def peer_arms(n: int, with_wandb: bool) -> list[Arm]:
     """B0 and what users run today: a per-tensor add_histogram callback and (if installed) wandb.watch."""
     arms = [
@@ -214,6 +226,12 @@ def cnn_arms(log_every_n_steps: int, with_wandb: bool) -> list[Arm]:
             lambda: [lv.EmbeddingCallback()],
             None,
             "every epoch end; 256 examples, the last Linear's input, PCA and the Projector files",
+        ),
+        Arm(
+            "Saliency (default)",
+            lambda: [lv.SaliencyCallback()],
+            None,
+            "every epoch end; Grad-CAM of 8 examples",
         ),
         Arm(
             "ActivationHistogram (default)",

@@ -375,6 +375,19 @@ def write_results_md(folder: Path) -> Path:
                 *_soak_fill(s),
                 *_soak_floor(s),
             ]
+        if "soak_articles" in cpu:
+            s = cpu["soak_articles"]
+            lines += [
+                "## Soak: the article callbacks over a long run",
+                "",
+                f"ModelGraph, WeightPicture, ActivationHistogram, PredictionGrid, Embedding and Saliency at their "
+                f"defaults (the fixed-sample ones every epoch: {s['steps'] // s['steps_per_epoch']} captures each) on "
+                f"the example CNN for {s['steps']} steps ({s['seconds']:.0f} s) in a fresh process: RSS "
+                f"{s['rss_first_mb']:.0f} MB at step 0, {s['rss_last_mb']:.0f} MB at the end; least-squares growth "
+                f"after the first 20% of steps: **{s['rss_growth_mb_per_1000_steps']:.3f} MB per 1000 steps**. "
+                f"Open lightning-viz figures after the final flush: {s['open_figures_at_end']}.",
+                "",
+            ]
     if gpu:
         lines += [
             f"## GPU rows ({gpu['machine'].get('gpu')})",

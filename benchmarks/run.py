@@ -41,6 +41,7 @@ PARTS = (
     "cnn",
     "resnet50",
     "soak",
+    "soak_articles",
 )
 
 
@@ -374,7 +375,10 @@ def soak_child(args: argparse.Namespace) -> None:
     from lightning_viz.render import open_figure_count
 
     loaders = A.synthetic_loaders(args.cnn_train, args.cnn_val, (1, 8, 8), 10, 64)
-    arm = A.Arm("full suite (quickstart settings)", A.suite_quickstart)  # more records than the defaults
+    if args.soak_suite == "articles":  # the callbacks of #18 at their defaults: fixed samples every epoch
+        arm = A.Arm("the article callbacks (defaults)", A.suite_articles)
+    else:
+        arm = A.Arm("full suite (quickstart settings)", A.suite_quickstart)  # more records than the defaults
     rec = timed_fit(
         arm,
         A.digits_cnn,
@@ -443,11 +447,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--soak-train", type=int, default=16384)
     p.add_argument("--soak-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--soak-json", help=argparse.SUPPRESS)
+    p.add_argument("--soak-suite", choices=("core", "articles"), default="core", help=argparse.SUPPRESS)
     p.add_argument("--merge", action="store_true", help="keep the other parts of an existing results file")
     p.add_argument("--no-wandb", action="store_true", help="leave the W&B peer out (wandb not installed)")
     args = p.parse_args(argv)
     if args.quick:
-        args.cnn_train, args.cnn_val, args.cnn_epochs, args.cnn_rounds = 1024, 128, 3, 1
+        args.cnn_train, args.cnn_val, args.cnn_epochs, args.cnn_rounds = 1024, 256, 3, 1
         args.resnet_steps, args.resnet_rounds, args.hist_rounds, args.soak_steps = 10, 1, 1, 300
         args.drawing_rounds = 1
         args.overhead_rounds, args.overhead_epochs, args.overhead_aa_rounds = 2, 4, 1
@@ -536,8 +541,10 @@ def main(argv: list[str] | None = None) -> None:
         dump()
     if with_wandb:
         wandb.finish()
-    if "soak" in parts and args.device == "cpu":
-        print("soak ...", flush=True)
+    for part, suite in (("soak", "core"), ("soak_articles", "articles")):
+        if part not in parts or args.device != "cpu":
+            continue
+        print(f"{part} ...", flush=True)
         soak_file = tempfile.mktemp(suffix=".json")
         cmd = [
             sys.executable,
@@ -554,9 +561,11 @@ def main(argv: list[str] | None = None) -> None:
             str(args.soak_train),
             "--cnn-val",
             str(args.cnn_val),
+            "--soak-suite",
+            suite,
         ]
         subprocess.run(cmd, check=True, cwd=HERE.parent)
-        res["soak"] = json.loads(Path(soak_file).read_text())
+        res[part] = json.loads(Path(soak_file).read_text())
     from lightning_viz.core import writer
     from lightning_viz.render import open_figure_count
 

@@ -39,6 +39,7 @@ CALLBACKS = (
     "ActivationHistogramCallback",
     "PredictionGridCallback",
     "EmbeddingCallback",
+    "SaliencyCallback",
     "CurvePlotCallback",
     "TrainingHealthCallback",
     "RankViewCallback",

@@ -93,6 +93,9 @@ _JSON: dict[str, Callable[[Mapping[str, Any], str], tuple[Any, str] | None]] = {
         (d, n) if "coords" in d and "explained" in d else None
     ),
     "lightning_viz.render.graph:render_graph": lambda d, n: (d, n) if "dot" in d else None,
+    "lightning_viz.render.saliency:render_saliency": lambda d, n: (
+        (d, n) if "maps" in d and "method" in d else None
+    ),
     "lightning_viz.render.health:render_health": lambda d, n: (
         (d, n) if "grad_norms" in d and "loss_steps" in d else None
     ),

@@ -10,6 +10,7 @@ from lightning_viz.callbacks.model_summary import ModelSummaryCallback
 from lightning_viz.callbacks.prediction_grid import PredictionGridCallback
 from lightning_viz.callbacks.rank_view import RankViewCallback
 from lightning_viz.callbacks.report import ReportCallback
+from lightning_viz.callbacks.saliency import SaliencyCallback
 from lightning_viz.callbacks.training_health import TrainingHealthCallback
 from lightning_viz.callbacks.weight_histogram import WeightHistogramCallback
 from lightning_viz.callbacks.weight_picture import WeightPictureCallback
@@ -25,6 +26,7 @@ __all__ = [
     "PredictionGridCallback",
     "RankViewCallback",
     "ReportCallback",
+    "SaliencyCallback",
     "TrainingHealthCallback",
     "WeightHistogramCallback",
     "WeightPictureCallback",

@@ -236,6 +236,33 @@ class EmbeddingProbe(Callback):
         np.savez(self.out / name, features=got[0].numpy(), labels=y.numpy(), predicted=out.argmax(-1).numpy())
 
 
+class SaliencyProbe(Callback):
+    """Each rank's own Grad-CAM of ``conv2`` for the first 4 validation examples and their predicted classes
+    (a hook, torch.autograd.grad, the gradient-weighted channel sum, bilinear upsampling), in eval mode, at
+    each epoch end before the visualisation callbacks: ``saliency_rank{r}_epoch{e}.npz``. Every rank runs it
+    (a sharded model's forward and backward need them all)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        x = trainer.val_dataloaders.dataset.tensors[0][:4].clone().requires_grad_(True)
+        acts: list[torch.Tensor] = []
+        handle = pl_module.conv2.register_forward_hook(lambda m, a, o: acts.append(o))
+        was = pl_module.training
+        pl_module.eval()
+        with torch.enable_grad():
+            out = pl_module(x)
+            target = out.argmax(1)
+            (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), acts[0])
+        pl_module.train(was)
+        handle.remove()
+        cam = torch.relu((grad.mean((2, 3), keepdim=True) * acts[0]).sum(1, keepdim=True))
+        cam = torch.nn.functional.interpolate(cam.detach(), size=x.shape[2:], mode="bilinear")[:, 0]
+        name = f"saliency_rank{trainer.global_rank}_epoch{trainer.current_epoch}.npz"
+        np.savez(self.out / name, maps=cam.numpy(), target=target.numpy())
+
+
 class SlowRank(Callback):
     """Sleeps on one rank at logging steps, before the visualisation callbacks run."""
 
@@ -262,6 +289,7 @@ def build_callbacks(spec: dict) -> list[Callback]:
         "predgrid": lambda: lv.PredictionGridCallback(sample_size=4, worst_k=5),
         "embedding": lambda: lv.EmbeddingCallback(sample_size=8),
         "graph": lambda: lv.ModelGraphCallback(),
+        "saliency": lambda: lv.SaliencyCallback(sample_size=4),
     }
     names = spec.get("callbacks", ["summary", "weights", "activations", "curves"])  # the core four
     return [table[n]() for n in names]
@@ -311,6 +339,8 @@ def main() -> None:
         extra.append(ValLossProbe(out))
     if spec.get("embedding_probe"):
         extra.append(EmbeddingProbe(out))
+    if spec.get("saliency_probe"):
+        extra.append(SaliencyProbe(out))
     for cb in callbacks:
         instrument(cb, counter, steps, [])
 

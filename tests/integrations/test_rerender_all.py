@@ -28,6 +28,7 @@ from lightning_viz import (
     PredictionGridCallback,
     RankViewCallback,
     ReportCallback,
+    SaliencyCallback,
     TrainingHealthCallback,
     WeightHistogramCallback,
     WeightPictureCallback,
@@ -50,7 +51,8 @@ KINDS = {
     "weight_picture": {"weights"},
     "prediction_grid": {"predictions"},
     "embedding": {"embedding"},
-    "model_graph": {"model_graph"},  # needs torchview and Graphviz's dot: both in the dev set-up
+    "model_graph": {"model_graph"},
+    "saliency": {"saliency"},  # needs torchview and Graphviz's dot: both in the dev set-up
 }
 
 
@@ -84,6 +86,7 @@ def every_callback() -> list:
         WeightPictureCallback(),
         PredictionGridCallback(sample_size=4, worst_k=3),
         EmbeddingCallback(sample_size=16),
+        SaliencyCallback(sample_size=4),
         ReportCallback(),
     ]
 
