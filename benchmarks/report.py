@@ -349,6 +349,11 @@ def write_results_md(folder: Path) -> Path:
                 f"## Example CNN ({c['setup']['model']}; {c['setup']['data']}; {c['setup']['epochs_per_fit']} epochs "
                 f"of {c['setup']['steps_per_epoch']} steps per fit)",
                 "",
+                "Each arm alone, the arms one after another within a round (interleaved over the rounds, not side "
+                "by side): a ratio tells an arm's cost only to within the machine's drift over a round, which on "
+                "this shared 2-core machine reaches 20% (arms that do nothing per step, such as ModelGraph, read "
+                "0.8). The overhead headline above is measured side by side.",
+                "",
                 *_arm_table(c),
                 "",
             ]

@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-wandb", action="store_true", help="leave the W&B peer out (wandb not installed)")
     args = p.parse_args(argv)
     if args.quick:
-        args.cnn_train, args.cnn_val, args.cnn_epochs, args.cnn_rounds = 1024, 256, 3, 1
+        args.cnn_train, args.cnn_val, args.cnn_epochs, args.cnn_rounds = 1024, 128, 3, 1
         args.resnet_steps, args.resnet_rounds, args.hist_rounds, args.soak_steps = 10, 1, 1, 300
         args.drawing_rounds = 1
         args.overhead_rounds, args.overhead_epochs, args.overhead_aa_rounds = 2, 4, 1

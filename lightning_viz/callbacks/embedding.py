@@ -20,13 +20,20 @@ from lightning_viz.core.hooks import eager, modes_kept
 from lightning_viz.core.layer_names import default_layers, match_layers, named_layers
 from lightning_viz.core.model_input import ModelInput, first_float_tensor
 from lightning_viz.core.records import Reduced, Sums
-from lightning_viz.core.sample_batch import labelled_sample, sample_loader, shrunk_images
+from lightning_viz.core.sample_batch import (
+    dataset_size,
+    fit_loader,
+    labelled_sample,
+    sample_loader,
+    shrunk_images,
+)
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.sinks import fan_out
 from lightning_viz.core.warn import VizWarning, warn_once
 from lightning_viz.render.embedding import render_embedding
 
 CHUNK = 64  # examples per forward pass of the fixed sample
+DEFAULT_SAMPLE = 256
 # modules whose features lie along the last dimension (the rest: along the second, as a convolution's channels)
 LAST_DIM = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention)
 
@@ -53,7 +60,7 @@ class EmbeddingCallback(VizCallback):
         every_n_epochs: capture at the end of every N-th training epoch.
         layer: the module whose output is the features (default: the input of the last ``nn.Linear``).
         pool: ``"mean"`` (average over positions) or ``"flatten"`` for features with more than two dimensions.
-        sample_size: examples in the fixed sample.
+        sample_size: examples in the fixed sample (default: 256, or the whole dataset when it is smaller).
         sample_from: ``"val"`` (the first validation dataloader; the training data when there is none) or
             ``"train"``.
         class_names: names of the classes, by index (default: the indices).
@@ -80,7 +87,7 @@ class EmbeddingCallback(VizCallback):
         every_n_epochs: int = 1,
         layer: str | None = None,
         pool: Literal["mean", "flatten"] = "mean",
-        sample_size: int = 256,
+        sample_size: int | None = None,
         sample_from: Literal["val", "train"] = "val",
         class_names: list[str] | None = None,
         projector: bool = True,
@@ -90,7 +97,7 @@ class EmbeddingCallback(VizCallback):
     ) -> None:
         super().__init__(output_dir=output_dir, when_full=when_full)
         check_int("every_n_epochs", every_n_epochs, 1)
-        check_int("sample_size", sample_size, 2)
+        check_int("sample_size", sample_size, 2, optional=True)
         check_choice("pool", pool, POOLS)
         check_choice("sample_from", sample_from, ("val", "train"))
         check_int("max_image_px", max_image_px, 2)
@@ -114,6 +121,7 @@ class EmbeddingCallback(VizCallback):
         self.source: Literal["input", "output"] = "output"
         self._module: nn.Module | None = None
         self._resolved = False
+        self._n = DEFAULT_SAMPLE  # the sample's size in this run
         self._pooled = False  # the last capture averaged its features over positions
 
     def state_fields(self) -> dict[str, Any]:
@@ -139,7 +147,12 @@ class EmbeddingCallback(VizCallback):
         self._sample, self._resolved, self.layer_name = None, False, None
         if not is_overridden("configure_model", pl_module):  # else its layers exist from on_fit_start on
             self._resolve(pl_module)
-        self._loader, which, self._indices = sample_loader(trainer, self.sample_from, self.sample_size, None)
+        self._n = self.sample_size or DEFAULT_SAMPLE
+        if self.sample_size is None:  # the default takes what a small dataset has
+            loader = fit_loader(trainer, self.sample_from)[0]
+            size = dataset_size(loader) if loader is not None else None
+            self._n = min(DEFAULT_SAMPLE, size) if size else DEFAULT_SAMPLE
+        self._loader, which, self._indices = sample_loader(trainer, self.sample_from, self._n, None)
         if self.sample_from == "val" and which == "train":
             rank_zero_info("EmbeddingCallback: no validation dataloader; the sample comes from `train`.")
 
@@ -174,9 +187,7 @@ class EmbeddingCallback(VizCallback):
     # ------------------------------------------------------------------ the fixed sample
     def _sample_pair(self, pl_module: LightningModule) -> tuple[ModelInput, torch.Tensor | None] | None:
         if self._sample is None:
-            got = labelled_sample(
-                self._loader, self._indices, self.sample_size, pl_module, type(self).__name__
-            )
+            got = labelled_sample(self._loader, self._indices, self._n, pl_module, type(self).__name__)
             self._sample = got if got is not None else False
         return self._sample or None
 

@@ -314,6 +314,7 @@ def test_tensorboards_projector_serves_the_features_labels_and_sprite_and_a_resu
     [
         ({"pool": "max"}, "pool"),
         ({"sample_size": 1}, "sample_size"),
+        ({"sample_size": 500.0}, "sample_size"),
         ({"sample_from": "test"}, "sample_from"),
         ({"every_n_epochs": 0}, "every_n_epochs"),
         ({"class_names": "cat"}, "class_names"),
@@ -337,3 +338,13 @@ def test_a_layer_that_is_not_one_module_is_a_one_line_error_before_training(tmp_
         trainer.fit(Classifier())
     assert str(err.value).startswith("EmbeddingCallback") and "\n" not in str(err.value)
     assert trainer.global_step == 0
+
+
+def test_the_default_sample_takes_a_small_validation_set_whole(tmp_path):
+    trainer = make_trainer(tmp_path, [EmbeddingCallback()], max_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Classifier())
+    assert viz_warnings(caught) == []
+    (d,) = data_files(trainer)
+    assert d["n"] == N_VAL == len(d["coords"]) and d["labels"] == Images(N_VAL, 1).y.tolist()
