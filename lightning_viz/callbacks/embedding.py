@@ -20,13 +20,7 @@ from lightning_viz.core.hooks import eager, modes_kept
 from lightning_viz.core.layer_names import default_layers, match_layers, named_layers
 from lightning_viz.core.model_input import ModelInput, first_float_tensor
 from lightning_viz.core.records import Reduced, Sums
-from lightning_viz.core.sample_batch import (
-    dataset_size,
-    fit_loader,
-    labelled_sample,
-    sample_loader,
-    shrunk_images,
-)
+from lightning_viz.core.sample_batch import labelled_sample, shrunk_images, sized_sample_loader
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.sinks import fan_out
 from lightning_viz.core.warn import VizWarning, warn_once
@@ -147,12 +141,9 @@ class EmbeddingCallback(VizCallback):
         self._sample, self._resolved, self.layer_name = None, False, None
         if not is_overridden("configure_model", pl_module):  # else its layers exist from on_fit_start on
             self._resolve(pl_module)
-        self._n = self.sample_size or DEFAULT_SAMPLE
-        if self.sample_size is None:  # the default takes what a small dataset has
-            loader = fit_loader(trainer, self.sample_from)[0]
-            size = dataset_size(loader) if loader is not None else None
-            self._n = min(DEFAULT_SAMPLE, size) if size else DEFAULT_SAMPLE
-        self._loader, which, self._indices = sample_loader(trainer, self.sample_from, self._n, None)
+        self._loader, which, self._indices, self._n = sized_sample_loader(
+            trainer, self.sample_from, self.sample_size, DEFAULT_SAMPLE
+        )
         if self.sample_from == "val" and which == "train":
             rank_zero_info("EmbeddingCallback: no validation dataloader; the sample comes from `train`.")
 

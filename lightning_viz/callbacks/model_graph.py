@@ -128,47 +128,70 @@ class ModelGraphCallback(VizCallback):
             if inp is None:
                 return  # the feed hint has been shown
             inp = inp.examples(SAMPLE_SIZE)
+            try:
+                drawn = self._draw(trainer, pl_module, inp)
+            except (
+                Exception
+            ) as err:  # torchview ran the model (on meta, then itself) and it failed: the input
+                self._cannot_run(inp, err.__cause__ or err, "torchview")
+                return
             if self.tensorboard:
-                self._to_tensorboard(trainer, pl_module, inp)
-            self._draw(trainer, pl_module, inp)
+                self._to_tensorboard(trainer, pl_module, inp, drawn)
 
-    def _to_tensorboard(self, trainer: Trainer, pl_module: LightningModule, inp: ModelInput) -> None:
+    def _cannot_run(self, inp: ModelInput, err: BaseException, who: str) -> None:
+        name = type(self).__name__
+        shapes = ", ".join(str(tuple(t.shape)) for t in inp.tensors()) or "no tensor"
+        hint = (
+            "check `example_input_array`"
+            if inp.is_example
+            else "if the batch is not what `forward` takes, set `self.example_input_array` in the LightningModule"
+        )
+        warn_once(
+            (name, "input"),
+            f"{name}: {who} cannot run the model on its input ({inp.source}: {shapes}): {_first_line(err)}; "
+            f"so the model graph is not drawn nor traced ({hint}). Training continues.",
+        )
+
+    def _to_tensorboard(
+        self, trainer: Trainer, pl_module: LightningModule, inp: ModelInput, drawn: bool
+    ) -> None:
         sinks = [s for s in self._sinks if type(s).graph is not Sink.graph]  # the loggers with a graph view
         if not sinks:
             return
         name = type(self).__name__
+        args = None
         with uncompiled(pl_module) as root:  # torch.jit.trace refuses compiled modules: trace them as written
-            self._trace(sinks, root, inp, name)
-
-    @staticmethod
-    def _trace(sinks: list[Sink], root: Any, inp: ModelInput, name: str) -> None:
-        args = graph.traceable(root, inp)
-        if args is None:
-            warn_once(
-                (name, "trace"),
-                f"{name}: the model's input ({inp.source}) holds more than tensors, which torch.jit.trace "
-                "cannot take, so TensorBoard's Graphs dashboard is left out; the drawn graph is not. "
-                "Set `tensorboard: false` to skip the trace.",
-            )
-            return
-        for sink in sinks:
-            try:
-                with modes_kept(root, eval_mode=True):
-                    sink.graph(*args)
-            except Exception as err:
-                first = " ".join(str(err).split())[:300]
+            args = graph.traceable(root, inp)
+            if args is None:
                 warn_once(
                     (name, "trace"),
-                    f"{name}: torch.jit.trace cannot trace the model ({type(err).__name__}: {first}), so "
-                    "TensorBoard's Graphs dashboard is left out; the drawn graph is not. Set `tensorboard: "
-                    "false` to skip the trace. Training continues.",
+                    f"{name}: the model's input ({inp.source}) holds more than tensors, which torch.jit.trace "
+                    "cannot take, so TensorBoard's Graphs dashboard is left out"
+                    + ("; the drawn graph is not" if drawn else "")
+                    + ". Set `tensorboard: false` to skip the trace.",
                 )
+                return
+            for sink in sinks:
+                try:
+                    with modes_kept(root, eval_mode=True):
+                        sink.graph(*args)
+                except Exception as err:
+                    if not drawn:  # nothing ran the model before: the input may be what is wrong
+                        self._cannot_run(inp, err, "torch.jit.trace")
+                        return
+                    warn_once(
+                        (name, "trace"),
+                        f"{name}: torch.jit.trace cannot trace the model ({_first_line(err)}), so TensorBoard's "
+                        "Graphs dashboard is left out; the drawn graph is not. Set `tensorboard: false` to skip "
+                        "the trace. Training continues.",
+                    )
 
-    def _draw(self, trainer: Trainer, pl_module: LightningModule, inp: ModelInput) -> None:
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, inp: ModelInput) -> bool:
+        """Draw the module graph; ``False`` when torchview or dot is missing (one line says so)."""
         lacking = graph.missing()
         if lacking:
             rank_zero_info(f"ModelGraphCallback: {lacking}, so model_graph.png/.svg are not drawn.")
-            return
+            return False
         source, on_meta = graph.module_graph(
             pl_module, inp, depth=self.depth, direction=self.direction, expand_nested=self.expand_nested
         )
@@ -188,3 +211,10 @@ class ModelGraphCallback(VizCallback):
             fan_out(files, "raw", "model_graph.svg", dot_pipe(source, "svg"), owner=owner)
 
         self._submit("model_graph.svg", svg)
+        return True
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: the first line of the message`` (at most 200 characters; TorchScript appends whole graphs)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {(lines[0] if lines else '')[:200]}"

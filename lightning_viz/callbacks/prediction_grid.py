@@ -17,12 +17,14 @@ from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.hooks import eager, modes_kept
 from lightning_viz.core.model_input import ModelInput, model_input
 from lightning_viz.core.records import Reduced, Sums, SumsAndRows
-from lightning_viz.core.sample_batch import labelled_sample, sample_loader, shrunk_images
+from lightning_viz.core.sample_batch import labelled_sample, shrunk_images, sized_sample_loader
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.predictions import render_predictions
 
 SEQUENCE_SHOWN, SEQUENCE_TOKENS = 8, 64  # the examples and positions the sequence panel shows
+
+DEFAULT_SAMPLE = 16  # examples in the fixed sample by default (fewer when the data has fewer)
 
 
 class PredictionGridCallback(VizCallback):
@@ -45,7 +47,7 @@ class PredictionGridCallback(VizCallback):
 
     Args:
         every_n_epochs: draw at the end of every N-th training epoch.
-        sample_size: examples in the fixed sample.
+        sample_size: examples in the fixed sample (default: 16, or the whole dataset when it is smaller).
         sample_from: ``"val"`` (the first validation dataloader; the training data when there is none) or
             ``"train"``.
         task: ``"auto"``, ``"classification"``, ``"binary"``, ``"regression"`` or ``"sequence"``.
@@ -71,7 +73,7 @@ class PredictionGridCallback(VizCallback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        sample_size: int = 16,
+        sample_size: int | None = None,
         sample_from: Literal["val", "train"] = "val",
         task: Literal["auto", "classification", "binary", "regression", "sequence"] = "auto",
         worst_k: int = 8,
@@ -82,13 +84,14 @@ class PredictionGridCallback(VizCallback):
     ) -> None:
         super().__init__(output_dir=output_dir, when_full=when_full)
         check_int("every_n_epochs", every_n_epochs, 1)
-        check_int("sample_size", sample_size, 1)
+        check_int("sample_size", sample_size, 1, optional=True)
         check_choice("sample_from", sample_from, ("val", "train"))
         check_choice("task", task, targets.TASKS)
         check_int("worst_k", worst_k, 0)
         check_int("max_image_px", max_image_px, 4)
         self.every_n_epochs = every_n_epochs
         self.sample_size = sample_size
+        self._n = sample_size or DEFAULT_SAMPLE  # the sample's size in this run
         self.sample_from = sample_from
         self.task = task
         self.worst_k = worst_k
@@ -113,7 +116,9 @@ class PredictionGridCallback(VizCallback):
         if stage != "fit":
             return
         self._sample, self._task = None, None if self.task == "auto" else self.task
-        self._loader, which, self._indices = sample_loader(trainer, self.sample_from, self.sample_size, None)
+        self._loader, which, self._indices, self._n = sized_sample_loader(
+            trainer, self.sample_from, self.sample_size, DEFAULT_SAMPLE
+        )
         if self.sample_from == "val" and which == "train":
             rank_zero_info("PredictionGridCallback: no validation dataloader; the sample comes from `train`.")
 
@@ -136,9 +141,7 @@ class PredictionGridCallback(VizCallback):
     # ------------------------------------------------------------------ the fixed sample
     def _sample_pair(self, pl_module: LightningModule) -> tuple[ModelInput, torch.Tensor] | None:
         if self._sample is None:
-            got = labelled_sample(
-                self._loader, self._indices, self.sample_size, pl_module, type(self).__name__
-            )
+            got = labelled_sample(self._loader, self._indices, self._n, pl_module, type(self).__name__)
             if got is not None and got[1] is None:
                 warn_once(
                     (type(self).__name__, "target"),

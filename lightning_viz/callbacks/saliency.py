@@ -18,12 +18,14 @@ from lightning_viz.core.figures import FigureSpec
 from lightning_viz.core.layer_names import default_layers, match_layers, named_layers
 from lightning_viz.core.model_input import ModelInput
 from lightning_viz.core.records import Reduced, Sums
-from lightning_viz.core.sample_batch import labelled_sample, sample_loader, shrunk_images
+from lightning_viz.core.sample_batch import labelled_sample, shrunk_images, sized_sample_loader
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.warn import VizWarning, warn_once
 from lightning_viz.render.saliency import render_saliency
 
 METHODS = ("auto", "gradcam", "input_gradient")
+
+DEFAULT_SAMPLE = 8  # examples in the fixed sample by default (fewer when the data has fewer)
 
 
 class SaliencyCallback(VizCallback):
@@ -46,7 +48,7 @@ class SaliencyCallback(VizCallback):
         method: ``"auto"``, ``"gradcam"`` or ``"input_gradient"``.
         layer: the convolution Grad-CAM looks at (a module name; default: the last ``Conv2d``).
         explain: ``"predicted"`` (the model's class) or ``"true"`` (the target's class).
-        sample_size: examples in the fixed sample.
+        sample_size: examples in the fixed sample (default: 8, or the whole dataset when it is smaller).
         sample_from: ``"val"`` (the first validation dataloader; the training data when there is none) or
             ``"train"``.
         class_names: names of the classes, by index (default: the indices).
@@ -73,7 +75,7 @@ class SaliencyCallback(VizCallback):
         method: Literal["auto", "gradcam", "input_gradient"] = "auto",
         layer: str | None = None,
         explain: Literal["predicted", "true"] = "predicted",
-        sample_size: int = 8,
+        sample_size: int | None = None,
         sample_from: Literal["val", "train"] = "val",
         class_names: list[str] | None = None,
         max_image_px: int = 64,
@@ -84,7 +86,7 @@ class SaliencyCallback(VizCallback):
         check_int("every_n_epochs", every_n_epochs, 1)
         check_choice("method", method, METHODS)
         check_choice("explain", explain, ("predicted", "true"))
-        check_int("sample_size", sample_size, 1)
+        check_int("sample_size", sample_size, 1, optional=True)
         check_choice("sample_from", sample_from, ("val", "train"))
         check_int("max_image_px", max_image_px, 4)
         if layer is not None and (not isinstance(layer, str) or not layer):
@@ -96,6 +98,7 @@ class SaliencyCallback(VizCallback):
         self.layer = layer
         self.explain = explain
         self.sample_size = sample_size
+        self._n = sample_size or DEFAULT_SAMPLE  # the sample's size in this run
         self.sample_from = sample_from
         self.class_names = check_names("class_names", class_names)
         self.max_image_px = max_image_px
@@ -131,7 +134,9 @@ class SaliencyCallback(VizCallback):
         self._sample, self._resolved = None, False
         if not is_overridden("configure_model", pl_module):
             self._resolve(pl_module)
-        self._loader, which, self._indices = sample_loader(trainer, self.sample_from, self.sample_size, None)
+        self._loader, which, self._indices, self._n = sized_sample_loader(
+            trainer, self.sample_from, self.sample_size, DEFAULT_SAMPLE
+        )
         if self.sample_from == "val" and which == "train":
             rank_zero_info("SaliencyCallback: no validation dataloader; the sample comes from `train`.")
         lacking = saliency.missing()
@@ -164,9 +169,7 @@ class SaliencyCallback(VizCallback):
     # ------------------------------------------------------------------ capture (every rank)
     def _sample_pair(self, pl_module: LightningModule) -> tuple[ModelInput, torch.Tensor | None] | None:
         if self._sample is None:
-            got = labelled_sample(
-                self._loader, self._indices, self.sample_size, pl_module, type(self).__name__
-            )
+            got = labelled_sample(self._loader, self._indices, self._n, pl_module, type(self).__name__)
             self._sample = got if got is not None else False
         return self._sample or None
 
@@ -201,6 +204,7 @@ class SaliencyCallback(VizCallback):
                     self.explain,
                     y,
                     trainer.precision_plugin.forward_context,
+                    value=y is not None and y.is_floating_point(),
                 )
                 values.update(self._values(got, inp, y))
         except Exception as err:  # every rank still takes part in the collectives
@@ -246,7 +250,7 @@ class SaliencyCallback(VizCallback):
             "epoch": meta["epoch"],
             "method": self.method_used,
             "layer": self.layer_name,
-            "explain": self.explain,
+            "explain": "value" if values["conf"].isnan().all() else self.explain,
             "maps": (maps / peak).tolist(),
             "peak": peak.flatten().tolist(),
             "images": values["images"].tolist() if "images" in values else None,

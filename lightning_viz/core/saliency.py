@@ -39,8 +39,8 @@ class Maps:
         maps: ``[N, H, W]`` (image inputs) or ``[N, F]`` (flat inputs), float32, on the host: Grad-CAM
             (ReLU of the gradient-weighted channel sum, bilinearly upsampled to the input) or the largest
             absolute input gradient over channels.
-        output: ``[N, ...]`` the model's prediction for the sample (float32, host).
-        target: ``[N]`` the class (or output index) explained for each example.
+        output: ``[N, C]`` the model's prediction for the sample (float32, host; one logit or value: C 1).
+        target: ``[N]`` the class explained for each example (one logit: 0 or 1; one value: 0).
     """
 
     maps: torch.Tensor
@@ -68,10 +68,14 @@ def attribute(
     explain: Literal["predicted", "true"],
     y: torch.Tensor | None,
     forward_context: Any,
+    *,
+    value: bool = False,
 ) -> Maps:
     """Saliency of the sample ``inp`` (on the model's device) by ``method``; ``layer`` is the convolution of
     Grad-CAM. ``explain`` picks the class: the model's prediction, or the target ``y``. The model runs in
-    eval mode, gradients on, compiled code eagerly (so captum's hooks fire)."""
+    eval mode, gradients on, compiled code eagerly (so captum's hooks fire). One logit (binary) is scored as
+    two classes, ``(-logit, logit)``, so that a prediction of class 0 is explained by the evidence for class
+    0; with ``value`` (regression) one output is explained as it is."""
     from captum.attr import LayerGradCam, Saliency
 
     x0 = inp.primary()
@@ -87,13 +91,17 @@ def attribute(
             raise RuntimeError(
                 f"the model's output is {tuple(p.shape)}; saliency explains [N, C] or [N] outputs"
             )
-        p = p.float()
-        return p.reshape(len(p), -1)
+        return p.float().reshape(len(p), -1)
+
+    def scores(t: torch.Tensor) -> torch.Tensor:
+        p = forward(t)
+        return torch.cat([-p, p], 1) if p.shape[1] == 1 and not value else p
 
     with torch.enable_grad(), eager(), modes_kept(model, eval_mode=True):
         with torch.no_grad():
-            out = forward(x)
-        if out.shape[1] == 1:  # one logit or value: it is what is explained
+            raw = forward(x)
+        out = torch.cat([-raw, raw], 1) if raw.shape[1] == 1 and not value else raw
+        if out.shape[1] == 1:  # one value: it is what is explained
             target = torch.zeros(len(out), dtype=torch.long, device=out.device)
         elif explain == "true" and y is not None:
             target = y.to(out.device).long().reshape(len(out), -1)[:, 0]
@@ -101,9 +109,9 @@ def attribute(
             target = out.argmax(1)
         if method == "gradcam":
             assert layer is not None
-            cam = LayerGradCam(forward, layer).attribute(x, target=target, relu_attributions=True)
+            cam = LayerGradCam(scores, layer).attribute(x, target=target, relu_attributions=True)
             maps = F.interpolate(cam.detach().float(), size=tuple(x.shape[2:]), mode="bilinear")[:, 0]
         else:
-            grads = Saliency(forward).attribute(x, target=target, abs=True).detach().float()
+            grads = Saliency(scores).attribute(x, target=target, abs=True).detach().float()
             maps = grads.amax(1) if grads.ndim == 4 else grads.reshape(len(grads), -1)
-    return Maps(maps.cpu(), out.detach().cpu(), target.cpu())
+    return Maps(maps.cpu(), raw.detach().cpu(), target.cpu())

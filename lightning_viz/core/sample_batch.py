@@ -155,3 +155,18 @@ def shrunk_images(x: torch.Tensor | None, max_px: int) -> torch.Tensor | None:
         size = (max(1, math.floor(x.shape[2] * scale)), max(1, math.floor(x.shape[3] * scale)))
         x = F.adaptive_avg_pool2d(x, size)
     return x
+
+
+def sized_sample_loader(
+    trainer: Trainer, sample_from: Literal["val", "train"], sample_size: int | None, default: int
+) -> tuple[DataLoader, str, list[int] | None, int]:
+    """:func:`sample_loader` for ``sample_size`` examples or, when it is ``None`` (a callback's default),
+    ``default`` of them or the whole dataset when it is smaller; the size taken comes last. An explicit
+    ``sample_size`` larger than the dataset stays an error."""
+    n = sample_size
+    if n is None:
+        loader = fit_loader(trainer, sample_from)[0]
+        size = dataset_size(loader) if loader is not None else None
+        n = min(default, size) if size else default
+    loader, which, indices = sample_loader(trainer, sample_from, n, None)
+    return loader, which, indices, n

@@ -3,7 +3,7 @@
 The data (as ``SaliencyCallback`` makes it and saves as ``saliency_stepNNNNNN.json``)::
 
     {"step": 40, "epoch": 1, "method": "gradcam" | "input_gradient", "layer": "features.conv2" or null,
-     "explain": "predicted" | "true", "maps": [[[...]]] (N x H x W, or N x F; each scaled to its maximum),
+     "explain": "predicted" | "true" | "value" (one output value explained as it is), "maps": [[[...]]] (N x H x W, or N x F; each scaled to its maximum),
      "peak": [...] (each map's maximum before scaling), "images": N x C x H x W or null,
      "target": [class explained, ...], "kind": "class" | "value", "pred": [...], "conf": [...] or nulls,
      "true": [...] or null, "class_names": [...] or null}
@@ -70,9 +70,11 @@ def render_saliency(data: Mapping[str, Any]) -> Figure:
     what = (
         f"Grad-CAM of {data.get('layer')}" if data.get("method") == "gradcam" else "input-gradient saliency"
     )
-    of = "the predicted class" if data.get("explain") == "predicted" else "the true class"
+    of = {"predicted": "the predicted class", "true": "the true class", "value": "the predicted value"}.get(
+        str(data.get("explain")), "the output"
+    )
     title = (
-        f"{what} for {of}, step {data.get('step', '?')} (epoch {data.get('epoch', '?')}); "
+        f"{what} for {of}\nstep {data.get('step', '?')} (epoch {data.get('epoch', '?')}); "
         "each map scaled to its own maximum"
     )
     cmap = matplotlib.colormaps["jet"]

@@ -249,3 +249,44 @@ def test_bad_arguments_name_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`") as err:
         ModelGraphCallback(**kwargs)
     assert "\n" not in str(err.value)
+
+
+class Generator(LightningModule):
+    """A GAN's generator side: ``forward(z)`` takes noise of width 4, the batches are data of width 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gen = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, z):
+        return self.gen(z)
+
+    def training_step(self, batch, batch_idx):
+        (real,) = batch
+        return (self(torch.randn(len(real), 4)) - real).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+
+
+@pytest.mark.parametrize("with_dot", [True, False], ids=["drawn", "no-dot"])
+def test_a_batch_that_does_not_fit_forward_is_one_warning_that_names_example_input_array(
+    tmp_path, monkeypatch, with_dot
+):
+    if with_dot and __import__("shutil").which("dot") is None:
+        pytest.skip("Graphviz's dot is not installed")
+    if not with_dot:
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    trainer = make_trainer(tmp_path, [ModelGraphCallback()], max_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Generator())
+    assert trainer.state.finished
+    msgs = viz_warnings(caught)
+    assert len(msgs) == 1, msgs
+    assert "cannot run the model on its input (batch[0]: (2, 2))" in msgs[0] and "mat1 and mat2" in msgs[0]
+    assert "`self.example_input_array`" in msgs[0] and "\n" not in msgs[0]
+    assert not (viz(trainer) / "model_graph.png").exists()

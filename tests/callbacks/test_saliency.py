@@ -296,3 +296,80 @@ def test_gradcam_on_a_model_without_a_convolution_is_a_one_line_error_before_tra
         trainer.fit(Tabular())
     assert str(err.value).startswith("SaliencyCallback") and "\n" not in str(err.value)
     assert trainer.global_step == 0
+
+
+class Binary(Net):
+    """One logit (binary cross-entropy); not trained (lr 0), so that its predictions are of both classes."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(self(x)[:, 0], (y > 0).float())
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.binary_cross_entropy_with_logits(self(x)[:, 0], (y > 0).float()))
+
+
+def test_one_logit_is_explained_for_the_class_predicted_even_class_zero(tmp_path):
+    torch.manual_seed(3)
+    model = Binary().eval()
+    with torch.no_grad():  # centre the logits: half the examples predicted 0
+        model.head.bias -= model(Images(16, 1).x)[:, 0].median() + 1e-3
+    model.train()
+    cb = SaliencyCallback(sample_size=16)
+    trainer = make_trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(model)
+    (d,) = data_files(trainer)
+    x = Images(16, 1).x
+    model.eval()
+    with torch.no_grad():
+        logit = model(x)[:, 0]
+    predicted = (logit > 0).long()
+    assert d["target"] == predicted.tolist() == d["pred"] and 0 < predicted.sum() < 16  # both classes occur
+    # class 1's score is the logit, class 0's its negative: Grad-CAM of the one each example is predicted
+    two = lambda t: torch.cat([-model(t), model(t)], 1)  # noqa: E731
+    with torch.enable_grad():
+        want = gradcam_of(two, model.features[3], x, predicted)
+    peak = want.flatten(1).amax(1)
+    np.testing.assert_allclose(
+        np.asarray(d["maps"]), (want / peak[:, None, None]).numpy(), rtol=1e-4, atol=1e-6
+    )
+
+
+def gradcam_of(fn, layer: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    acts = []
+    h = layer.register_forward_hook(lambda m, a, o: acts.append(o))
+    out = fn(x)
+    h.remove()
+    grads = torch.autograd.grad(out.gather(1, target[:, None]).sum(), acts)  # both calls' activations
+    cam = sum(
+        (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True) for g, a in zip(grads, acts, strict=True)
+    )
+    return F.interpolate(F.relu(cam).detach(), size=x.shape[2:], mode="bilinear")[:, 0]
+
+
+def test_default_samples_take_a_small_validation_set_whole(tmp_path):
+    from lightning_viz.callbacks.prediction_grid import PredictionGridCallback
+
+    class Small(Net):
+        def val_dataloader(self):
+            return DataLoader(Images(5, 1), batch_size=8)
+
+    trainer = make_trainer(tmp_path, [SaliencyCallback(), PredictionGridCallback()], max_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Small())
+    assert viz_warnings(caught) == []
+    (d,) = data_files(trainer)
+    assert len(d["maps"]) == 5
+    grid = json.loads(
+        next((Path(trainer.log_dir) / "viz" / "prediction_grid").glob("predictions_step*.json")).read_text()
+    )
+    assert len(grid["sample"]["true"]) == 5
