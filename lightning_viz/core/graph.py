@@ -20,7 +20,7 @@ from lightning_viz.core.compiled import uncompiled
 from lightning_viz.core.hooks import modes_kept
 from lightning_viz.core.model_input import ModelInput
 from lightning_viz.core.sharding import clean_name, is_fsdp1_wrapped, is_sharded
-from lightning_viz.render.graph import dot_binary
+from lightning_viz.render.graph import bounded_size, dot_binary
 
 
 def missing() -> str | None:
@@ -53,8 +53,10 @@ def meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _relabel(graph: Any, names: dict[int, str]) -> None:
-    """Label each module node of a torchview graph ``name<BR/>Class`` and draw its visual graph again."""
+def _relabel(graph: Any, names: dict[int, str], parents: set[int]) -> None:
+    """Label each module node of a torchview graph ``name<BR/>Class`` (a module with children, which
+    ``expand_nested`` draws as a dashed box whose label is plain text: ``name: Class``) and draw its visual
+    graph again. ``names``: module id to clean name; ``parents``: the ids of modules with children."""
     from torchview.computation_node import ModuleNode
 
     def walk(item: Any) -> None:
@@ -66,7 +68,8 @@ def _relabel(graph: Any, names: dict[int, str]) -> None:
             for child in item:
                 walk(child)
         elif isinstance(item, ModuleNode) and item.compute_unit_id in names:
-            item.name = f"{names[item.compute_unit_id]}<BR/>{item.name}"
+            boxed = graph.expand_nested and 1 <= item.depth < graph.depth and item.compute_unit_id in parents
+            item.name = f"{names[item.compute_unit_id]}{': ' if boxed else '<BR/>'}{item.name}"
 
     walk(graph.node_hierarchy)
     graph.visual_graph.body.clear()
@@ -75,6 +78,13 @@ def _relabel(graph: Any, names: dict[int, str]) -> None:
     graph.subgraph_dict = {k: v for k, v in graph.subgraph_dict.items() if v == 0}
     graph.running_subgraph_id = 1
     graph.fill_visual_graph()
+    # torchview bounds the drawing at max(12, 0.3 per DOT line) inches, so dot shrank a long graph (resnet18
+    # drawn left to right came out 92 px tall, unreadable): its natural size, bounded only when it is huge.
+    attrs = graph.visual_graph.graph_attr
+    attrs.pop("size", None)
+    size = bounded_size(graph.visual_graph.source) if dot_binary() else None
+    if size:
+        attrs["size"] = size
 
 
 def module_graph(
@@ -87,6 +97,7 @@ def module_graph(
 
     def draw(net: nn.Module, device: torch.device, x: ModelInput) -> Any:
         names = {id(m): clean_name(n) for n, m in net.named_modules() if n}
+        parents = {id(m) for n, m in net.named_modules() if n and any(m.children())}
         with torch.no_grad():
             graph = draw_graph(
                 net,
@@ -98,7 +109,7 @@ def module_graph(
                 mode="eval",
                 **x.kwargs,
             )
-        _relabel(graph, names)
+        _relabel(graph, names, parents)
         return graph
 
     with uncompiled(model) as root:  # compiled submodules as written, run eagerly

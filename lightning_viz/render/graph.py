@@ -25,6 +25,10 @@ from lightning_viz.render._figure import new_figure
 
 DOT_TIMEOUT_S = 120
 DPI = 96
+# The largest drawing kept at its natural size: dot scales a larger one down to fit (the PNG is read back as
+# float32 RGBA, 16 bytes a pixel, to be drawn: 12 M pixels is ~190 MB for a moment in the render process).
+MAX_SIDE_PX = 24_000
+MAX_PIXELS = 12_000_000
 
 
 def dot_binary() -> str | None:
@@ -45,6 +49,16 @@ def dot_pipe(source: str, fmt: str, dpi: int = DPI) -> bytes:
     if done.returncode != 0:
         raise RuntimeError(f"dot -T{fmt} failed: {done.stderr.decode(errors='replace').strip()[:300]}")
     return done.stdout
+
+
+def bounded_size(source: str) -> str | None:
+    """The ``size`` graph attribute (inches) that bounds ``source``'s drawing (DOT, with no ``size``) by
+    ``MAX_SIDE_PX`` and ``MAX_PIXELS`` at ``DPI``, or ``None`` when its natural size is within them (dot lays
+    it out once to tell)."""
+    first = dot_pipe(source, "plain").decode().split("\n", 1)[0].split()  # "graph <scale> <width> <height>"
+    w, h = float(first[2]), float(first[3])
+    scale = min(1.0, MAX_SIDE_PX / (max(w, h) * DPI), (MAX_PIXELS / (w * h * DPI * DPI)) ** 0.5)
+    return None if scale >= 1.0 else f"{w * scale:.2f},{h * scale:.2f}"
 
 
 def render_graph(data: Mapping[str, Any]) -> Figure:

@@ -142,6 +142,77 @@ class Keyword(LightningModule):
         return DataLoader(rows, batch_size=4)
 
 
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.Tanh()
+
+    def forward(self, x):
+        return self.act(self.fc(x)) + x
+
+
+class Long(LightningModule):
+    """A chain of 24 residual blocks: long drawn left to right, nested when expanded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[Block() for _ in range(24)])
+        self.example_input_array = torch.zeros(2, 4)
+
+    def forward(self, x):
+        return self.blocks(x)
+
+    def training_step(self, batch, batch_idx):
+        return self(batch[0]).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4)
+
+
+@needs_dot
+def test_a_long_graph_drawn_left_to_right_and_expanded_is_readable(tmp_path):
+    """torchview bounds the drawing at 12 inches (1152 px at 96 dpi), which shrank a long chain drawn left to
+    right to a strip a few pixels tall; the boxes ``expand_nested`` draws around a module's children are
+    labelled in plain text, so their label must not hold the HTML line break of the node labels."""
+    trainer = make_trainer(
+        tmp_path,
+        [ModelGraphCallback(depth=3, direction="LR", expand_nested=True, tensorboard=False)],
+        max_epochs=1,
+        limit_train_batches=1,
+    )
+    trainer.fit(Long())
+    svg = (viz(trainer) / "model_graph.svg").read_text()
+    assert "&lt;BR" not in svg and "<BR" not in svg
+    for i in (0, 23):  # each block's box: "blocks.i: Block"; its leaves: "blocks.i.fc" over "Linear"
+        assert f">blocks.{i}: Block</text>" in svg and f">blocks.{i}.fc</text>" in svg
+    with Image.open(viz(trainer) / "model_graph.png") as im:
+        width, height = im.size
+    # 48 leaf nodes and 24 additions in a row, each at least 100 px wide at its natural size; a node's
+    # two-line name and its input/output rows need at least 40 px of height
+    assert width > 72 * 100 and height > 40, im.size
+
+
+@needs_dot
+def test_a_huge_graph_is_bounded_in_pixels():
+    """A drawing past 24000 px a side or 12 M pixels is scaled down by dot to fit, not drawn whole."""
+    from lightning_viz.render.graph import DPI, MAX_PIXELS, MAX_SIDE_PX, bounded_size, dot_pipe
+
+    small = "digraph g { a -> b }"
+    assert bounded_size(small) is None
+    chain = "digraph g { rankdir=LR; " + " -> ".join(f"n{i}" for i in range(600)) + " }"
+    size = bounded_size(chain)
+    assert size is not None
+    w, h = (float(v) for v in size.split(","))
+    assert max(w, h) * DPI <= MAX_SIDE_PX + 1 and w * h * DPI * DPI <= MAX_PIXELS * 1.01
+    bounded = chain.replace("rankdir=LR;", f'rankdir=LR; size="{size}";')
+    with Image.open(__import__("io").BytesIO(dot_pipe(bounded, "png"))) as im:
+        assert max(im.size) <= MAX_SIDE_PX + 2, im.size
+
+
 @needs_dot
 def test_a_dict_batch_is_fed_by_keyword_from_the_first_training_batch(tmp_path):
     trainer = make_trainer(
