@@ -16,11 +16,10 @@ from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_i
 from lightning_viz.core.embedding import POOLS, Pool, features_of, pca_2d
 from lightning_viz.core.errors import check_names
 from lightning_viz.core.figures import FigureSpec
-from lightning_viz.core.hooks import eager, modes_kept
-from lightning_viz.core.layer_names import default_layers, match_layers, named_layers
+from lightning_viz.core.layer_names import default_layers, named_layers, one_layer
 from lightning_viz.core.model_input import ModelInput, first_float_tensor
 from lightning_viz.core.records import Reduced, Sums
-from lightning_viz.core.sample_batch import labelled_sample, shrunk_images, sized_sample_loader
+from lightning_viz.core.sample_batch import FixedSample, inference, on_model, shrunk_images
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.sinks import fan_out
 from lightning_viz.core.warn import VizWarning, warn_once
@@ -108,15 +107,11 @@ class EmbeddingCallback(VizCallback):
         self.projector = projector
         self.max_image_px = max_image_px
         self.schedule = Schedule(None, every_n_epochs)
-        self._loader: Any = None
-        self._indices: list[int] | None = None
-        self._sample: tuple[ModelInput, torch.Tensor | None] | bool | None = None  # False: cannot be built
+        self._sample = FixedSample(type(self).__name__, sample_from, sample_size, DEFAULT_SAMPLE)
         self.layer_name: str | None = None  # the resolved layer
         self.source: Literal["input", "output"] = "output"
         self._module: nn.Module | None = None
         self._resolved = False
-        self._n = DEFAULT_SAMPLE  # the sample's size in this run
-        self._pooled = False  # the last capture averaged its features over positions
 
     def state_fields(self) -> dict[str, Any]:
         return {"output_dir": self.output_dir, "layer": self.layer, "pool": self.pool}
@@ -124,34 +119,21 @@ class EmbeddingCallback(VizCallback):
     # ------------------------------------------------------------------ setup
     def check_model(self, pl_module: LightningModule) -> None:
         if self.layer is not None and not is_overridden("configure_model", pl_module):
-            self._one_layer(named_layers(pl_module))
-
-    def _one_layer(self, named: dict[str, nn.Module]) -> str:
-        hits = list(match_layers(named, [self.layer or ""], argument="layer"))
-        if len(hits) != 1:
-            raise ValueError(
-                f"`layer` {self.layer!r} matches {len(hits)} modules ({hits[:4]}{', ...' if len(hits) > 4 else ''});"
-                " name exactly one"
-            )
-        return hits[0]
+            one_layer(named_layers(pl_module), self.layer, argument="layer")
 
     def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._sample, self._resolved, self.layer_name = None, False, None
+        self._resolved, self.layer_name = False, None
         if not is_overridden("configure_model", pl_module):  # else its layers exist from on_fit_start on
             self._resolve(pl_module)
-        self._loader, which, self._indices, self._n = sized_sample_loader(
-            trainer, self.sample_from, self.sample_size, DEFAULT_SAMPLE
-        )
-        if self.sample_from == "val" and which == "train":
-            rank_zero_info("EmbeddingCallback: no validation dataloader; the sample comes from `train`.")
+        self._sample.setup(trainer)
 
     def _resolve(self, model: nn.Module) -> None:
         self._resolved = True
         named = named_layers(model)
         if self.layer is not None:
-            self.layer_name, self.source = self._one_layer(named), "output"
+            self.layer_name, self.source = one_layer(named, self.layer, argument="layer"), "output"
             return
         convs, linears = default_layers(named)
         if linears:
@@ -175,51 +157,37 @@ class EmbeddingCallback(VizCallback):
             self._resolve(pl_module)
         self._module = named_layers(pl_module).get(self.layer_name) if self.layer_name else None
 
-    # ------------------------------------------------------------------ the fixed sample
-    def _sample_pair(self, pl_module: LightningModule) -> tuple[ModelInput, torch.Tensor | None] | None:
-        if self._sample is None:
-            got = labelled_sample(self._loader, self._indices, self._n, pl_module, type(self).__name__)
-            self._sample = got if got is not None else False
-        return self._sample or None
-
+    # ------------------------------------------------------------------ the fixed sample's features
     def _forward(
         self, trainer: Trainer, pl_module: LightningModule, inp: ModelInput
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The layer's features and the model's predictions for ``inp``, chunk by chunk."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+        """The layer's features and the model's predictions for ``inp``, chunk by chunk, and whether the
+        features were averaged over positions."""
         assert self._module is not None
         seen: list[Any] = []
+        pooled: list[bool] = []
         feature_last = isinstance(self._module, LAST_DIM) or self.source == "input"
 
         def keep(value: Any) -> None:
             if not seen:  # the first call of a module the forward calls more than once
                 seen.append(features_of(value, self.pool, channels_last=feature_last))
                 raw = value if isinstance(value, torch.Tensor) else first_float_tensor(value)
-                self._pooled = raw is not None and raw.ndim > 2 and self.pool == "mean"
+                pooled.append(raw is not None and raw.ndim > 2 and self.pool == "mean")
 
         if self.source == "input":
             handle = self._module.register_forward_pre_hook(lambda m, args: keep(args))
         else:
             handle = self._module.register_forward_hook(lambda m, args, out: keep(out))
-        convert = trainer.precision_plugin.convert_input
         size = inp.batch_size() or 1
         feats: list[torch.Tensor | None] = []
         preds: list[torch.Tensor | None] = []
         try:
-            with (
-                torch.no_grad(),
-                eager(),
-                modes_kept(pl_module, eval_mode=True),
-                trainer.precision_plugin.forward_context(),
-            ):
+            with inference(trainer, pl_module):
                 for start in range(0, size, CHUNK):
                     part = inp.apply(
-                        lambda t, s=start: (
-                            t[s : s + CHUNK].to(pl_module.device)
-                            if t.ndim > 0 and t.shape[0] == size
-                            else t.to(pl_module.device)
-                        )
+                        lambda t, s=start: t[s : s + CHUNK] if t.ndim > 0 and t.shape[0] == size else t
                     )
-                    part = ModelInput(convert(part.args), convert(part.kwargs), part.source)
+                    part = on_model(trainer, pl_module, part)
                     seen.clear()
                     out = part(pl_module)
                     feats.append(seen[0] if seen else None)
@@ -229,7 +197,7 @@ class EmbeddingCallback(VizCallback):
             handle.remove()
         f = torch.cat(feats).cpu() if feats and all(t is not None for t in feats) else None  # type: ignore[misc]
         p = torch.cat(preds) if preds and all(t is not None for t in preds) else None  # type: ignore[misc]
-        return f, p
+        return f, p, bool(pooled) and pooled[0]
 
     @staticmethod
     def _labels(
@@ -255,10 +223,10 @@ class EmbeddingCallback(VizCallback):
         meta: dict[str, Any] = {"step": step, "epoch": trainer.current_epoch, "label_kind": None}
         failed = False
         try:
-            pair = self._sample_pair(pl_module)
+            pair = self._sample.get(pl_module)
             if pair is not None:
                 inp, y = pair
-                f, p = self._forward(trainer, pl_module, inp)
+                f, p, pooled = self._forward(trainer, pl_module, inp)
                 n = inp.batch_size()
                 if f is None or len(f) != n:
                     warn_once(
@@ -270,7 +238,7 @@ class EmbeddingCallback(VizCallback):
                     )
                 else:
                     values["features"] = f
-                    meta["dims"], meta["pooled"] = int(f.shape[1]), self._pooled
+                    meta["dims"], meta["pooled"] = int(f.shape[1]), pooled
                     if y is not None and len(y) == n:
                         labels, predicted, kind = self._labels(p, y)
                         if labels is not None:

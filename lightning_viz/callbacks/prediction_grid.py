@@ -8,16 +8,14 @@ from typing import Any, ClassVar, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_viz.core import distributed, targets
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
 from lightning_viz.core.errors import check_names
 from lightning_viz.core.figures import FigureSpec
-from lightning_viz.core.hooks import eager, modes_kept
 from lightning_viz.core.model_input import ModelInput, model_input
 from lightning_viz.core.records import Reduced, Sums, SumsAndRows
-from lightning_viz.core.sample_batch import labelled_sample, shrunk_images, sized_sample_loader
+from lightning_viz.core.sample_batch import FixedSample, inference, on_model, shrunk_images
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.warn import warn_once
 from lightning_viz.render.predictions import render_predictions
@@ -91,16 +89,13 @@ class PredictionGridCallback(VizCallback):
         check_int("max_image_px", max_image_px, 4)
         self.every_n_epochs = every_n_epochs
         self.sample_size = sample_size
-        self._n = sample_size or DEFAULT_SAMPLE  # the sample's size in this run
         self.sample_from = sample_from
         self.task = task
         self.worst_k = worst_k
         self.class_names = check_names("class_names", class_names)
         self.max_image_px = max_image_px
         self.schedule = Schedule(None, every_n_epochs)
-        self._loader: Any = None
-        self._indices: list[int] | None = None
-        self._sample: tuple[ModelInput, torch.Tensor] | bool | None = None  # False: cannot be built
+        self._sample = FixedSample(type(self).__name__, sample_from, sample_size, DEFAULT_SAMPLE)
         self._task: targets.Task | None = None
         self._worst: torch.Tensor | None = None  # [k, F] rows of this rank's worst examples so far
         self._worst_shape: tuple[int, ...] | None = None  # the image shape in the rows, or ()
@@ -115,12 +110,8 @@ class PredictionGridCallback(VizCallback):
     def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._sample, self._task = None, None if self.task == "auto" else self.task
-        self._loader, which, self._indices, self._n = sized_sample_loader(
-            trainer, self.sample_from, self.sample_size, DEFAULT_SAMPLE
-        )
-        if self.sample_from == "val" and which == "train":
-            rank_zero_info("PredictionGridCallback: no validation dataloader; the sample comes from `train`.")
+        self._task = None if self.task == "auto" else self.task
+        self._sample.setup(trainer)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # ranks that share a batch (tensor parallelism) offer their worst examples once (a collective)
@@ -140,28 +131,21 @@ class PredictionGridCallback(VizCallback):
 
     # ------------------------------------------------------------------ the fixed sample
     def _sample_pair(self, pl_module: LightningModule) -> tuple[ModelInput, torch.Tensor] | None:
-        if self._sample is None:
-            got = labelled_sample(self._loader, self._indices, self._n, pl_module, type(self).__name__)
-            if got is not None and got[1] is None:
+        got = self._sample.get(pl_module)
+        if got is None or got[1] is None:
+            if got is not None:  # once: the sample is discarded
                 warn_once(
                     (type(self).__name__, "target"),
                     "PredictionGridCallback: the batches hold no target (a tuple's second element, or a "
                     f"dict key among {list(targets.TARGET_KEYS)}); the fixed sample is not drawn.",
                 )
-            self._sample = (got[0], got[1]) if got is not None and got[1] is not None else False
-        return self._sample or None
+                self._sample.discard()
+            return None
+        return got[0], got[1]
 
     def _predict(self, trainer: Trainer, pl_module: LightningModule, inp: ModelInput) -> torch.Tensor | None:
-        moved = inp.apply(lambda t: t.to(pl_module.device))
-        convert = trainer.precision_plugin.convert_input
-        moved = ModelInput(convert(moved.args), convert(moved.kwargs), moved.source)
-        with (
-            torch.no_grad(),
-            eager(),
-            modes_kept(pl_module, eval_mode=True),
-            trainer.precision_plugin.forward_context(),
-        ):
-            return targets.prediction_of(moved(pl_module))
+        with inference(trainer, pl_module):
+            return targets.prediction_of(on_model(trainer, pl_module, inp)(pl_module))
 
     # ------------------------------------------------------------------ the worst examples (every rank)
     def _row_width(self) -> int:

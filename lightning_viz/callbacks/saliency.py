@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.nn import functional as F
@@ -15,10 +15,10 @@ from lightning_viz.core import saliency
 from lightning_viz.core.base import VizCallback, WhenFull, check_choice, check_int, step_stem
 from lightning_viz.core.errors import check_names
 from lightning_viz.core.figures import FigureSpec
-from lightning_viz.core.layer_names import default_layers, match_layers, named_layers
+from lightning_viz.core.layer_names import default_layers, named_layers, one_layer
 from lightning_viz.core.model_input import ModelInput
 from lightning_viz.core.records import Reduced, Sums
-from lightning_viz.core.sample_batch import labelled_sample, shrunk_images, sized_sample_loader
+from lightning_viz.core.sample_batch import FixedSample, on_model, shrunk_images
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.warn import VizWarning, warn_once
 from lightning_viz.render.saliency import render_saliency
@@ -98,14 +98,11 @@ class SaliencyCallback(VizCallback):
         self.layer = layer
         self.explain = explain
         self.sample_size = sample_size
-        self._n = sample_size or DEFAULT_SAMPLE  # the sample's size in this run
         self.sample_from = sample_from
         self.class_names = check_names("class_names", class_names)
         self.max_image_px = max_image_px
         self.schedule = Schedule(None, every_n_epochs)
-        self._loader: Any = None
-        self._indices: list[int] | None = None
-        self._sample: tuple[ModelInput, torch.Tensor | None] | bool | None = None
+        self._sample = FixedSample(type(self).__name__, sample_from, sample_size, DEFAULT_SAMPLE)
         self.layer_name: str | None = None
         self.method_used: str | None = None
         self._module: nn.Module | None = None
@@ -117,28 +114,15 @@ class SaliencyCallback(VizCallback):
     # ------------------------------------------------------------------ setup
     def check_model(self, pl_module: LightningModule) -> None:
         if self.layer is not None and not is_overridden("configure_model", pl_module):
-            self._one_layer(named_layers(pl_module))
-
-    def _one_layer(self, named: dict[str, nn.Module]) -> str:
-        hits = list(match_layers(named, [self.layer or ""], argument="layer"))
-        if len(hits) != 1:
-            shown = ", ".join(hits[:4]) + (", ..." if len(hits) > 4 else "")
-            raise ValueError(
-                f"`layer` {self.layer!r} matches {len(hits)} modules ({shown}); name exactly one"
-            )
-        return hits[0]
+            one_layer(named_layers(pl_module), self.layer, argument="layer")
 
     def check_setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._sample, self._resolved = None, False
+        self._resolved = False
         if not is_overridden("configure_model", pl_module):
             self._resolve(pl_module)
-        self._loader, which, self._indices, self._n = sized_sample_loader(
-            trainer, self.sample_from, self.sample_size, DEFAULT_SAMPLE
-        )
-        if self.sample_from == "val" and which == "train":
-            rank_zero_info("SaliencyCallback: no validation dataloader; the sample comes from `train`.")
+        self._sample.setup(trainer)
         lacking = saliency.missing()
         if lacking:
             rank_zero_warn(f"SaliencyCallback: {lacking}; no saliency is drawn.", category=VizWarning)
@@ -150,7 +134,7 @@ class SaliencyCallback(VizCallback):
         if self.method == "input_gradient":
             return
         if self.layer is not None:
-            self.layer_name, self.method_used = self._one_layer(named), "gradcam"
+            self.layer_name, self.method_used = one_layer(named, self.layer, argument="layer"), "gradcam"
             return
         convs = [n for n in default_layers(named)[0] if isinstance(named[n], nn.Conv2d)]
         if convs:
@@ -167,12 +151,6 @@ class SaliencyCallback(VizCallback):
         self._module = named_layers(pl_module).get(self.layer_name) if self.layer_name else None
 
     # ------------------------------------------------------------------ capture (every rank)
-    def _sample_pair(self, pl_module: LightningModule) -> tuple[ModelInput, torch.Tensor | None] | None:
-        if self._sample is None:
-            got = labelled_sample(self._loader, self._indices, self._n, pl_module, type(self).__name__)
-            self._sample = got if got is not None else False
-        return self._sample or None
-
     def capture_epoch(self, trainer: Trainer, pl_module: LightningModule) -> Sums | None:
         if saliency.missing():  # the same on every rank
             return None
@@ -181,7 +159,7 @@ class SaliencyCallback(VizCallback):
         meta: dict[str, Any] = {"step": step, "epoch": trainer.current_epoch}
         failed = False
         try:
-            pair = self._sample_pair(pl_module)
+            pair = self._sample.get(pl_module)
             x = pair[0].primary() if pair is not None else None
             if pair is not None and (x is None or not x.is_floating_point() or x.ndim < 2):
                 warn_once(
@@ -192,13 +170,9 @@ class SaliencyCallback(VizCallback):
                 )
             elif pair is not None:
                 inp, y = pair
-                device = pl_module.device
-                moved = inp.apply(lambda t: t.to(device))
-                convert = trainer.precision_plugin.convert_input
-                moved = ModelInput(convert(moved.args), convert(moved.kwargs), moved.source)
                 got = saliency.attribute(
                     pl_module,
-                    moved,
+                    on_model(trainer, pl_module, inp),
                     self.method_used or "input_gradient",
                     self._module,
                     self.explain,

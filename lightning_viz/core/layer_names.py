@@ -57,3 +57,13 @@ def match_layers(
     """The layers of ``named`` (:func:`named_layers`) whose clean names match any pattern, in model order;
     a pattern that matches none raises the ``ValueError`` of :func:`match_modules` (naming ``argument``)."""
     return match_modules(_Named(named), patterns, argument=argument)  # type: ignore[arg-type]
+
+
+def one_layer(named: Mapping[str, nn.Module], pattern: str, *, argument: str) -> str:
+    """The one layer of ``named`` whose clean name matches ``pattern``; none or several raise a
+    ``ValueError`` naming ``argument``, the pattern and (some of) the matches."""
+    hits = list(match_layers(named, [pattern], argument=argument))
+    if len(hits) != 1:
+        shown = ", ".join(hits[:4]) + (", ..." if len(hits) > 4 else "")
+        raise ValueError(f"`{argument}` {pattern!r} matches {len(hits)} modules ({shown}); name exactly one")
+    return hits[0]

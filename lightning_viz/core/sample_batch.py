@@ -6,22 +6,27 @@ before any loop runs; :func:`dataset_size` says whether its dataset can be index
 collates chosen examples as the dataloader would, and :func:`first_examples` takes the first examples an
 iterable dataset yields. What the model is fed is left to the caller's ``feed`` (``None``: it cannot be).
 :func:`labelled_sample` builds a fixed sample with its targets (the rule of :mod:`lightning_viz.core.targets`)
-and :func:`shrunk_images` makes its image inputs small enough to draw.
+and :func:`shrunk_images` makes its image inputs small enough to draw. :class:`FixedSample` is the fixed
+labelled sample a callback draws every N epochs, set up with the fit and built once; :func:`on_model` and
+:func:`inference` move it to the model and run the model on it as validation would.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from lightning_viz.core import lightning_state, targets
+from lightning_viz.core.hooks import eager, modes_kept
 from lightning_viz.core.model_input import ModelInput, feed_hint, model_input
 from lightning_viz.core.warn import warn_once
 
@@ -170,3 +175,79 @@ def sized_sample_loader(
         n = min(default, size) if size else default
     loader, which, indices = sample_loader(trainer, sample_from, n, None)
     return loader, which, indices, n
+
+
+Pair = tuple[ModelInput, torch.Tensor | None]  # the examples as the model is fed them, and their targets
+
+
+class FixedSample:
+    """The fixed labelled sample of a callback that draws the same examples every N epochs.
+
+    :meth:`setup` (in the callback's ``setup``) picks the dataloader and the examples
+    (:func:`sized_sample_loader`; one info line when ``"val"`` falls back to ``"train"``); :meth:`get` builds
+    the sample at its first call and keeps it (:func:`labelled_sample`), or keeps that it cannot be built.
+
+    Args:
+        owner: the callback's class name, for its messages.
+        sample_from: ``"val"`` or ``"train"``.
+        sample_size: the number of examples; ``None`` takes ``default`` or the whole dataset when smaller.
+        default: the callback's default size.
+    """
+
+    def __init__(
+        self, owner: str, sample_from: Literal["val", "train"], sample_size: int | None, default: int
+    ) -> None:
+        self.owner, self.sample_from, self.sample_size, self.default = (
+            owner,
+            sample_from,
+            sample_size,
+            default,
+        )
+        self.n = sample_size or default  # the sample's size in this run, known from setup on
+        self._loader: DataLoader | None = None
+        self._indices: list[int] | None = None
+        self._got: Pair | bool | None = None  # None: not built yet; False: cannot be built
+
+    def setup(self, trainer: Trainer) -> None:
+        """Choose this fit's dataloader and examples; raises ``ValueError`` as :func:`sample_loader`."""
+        self._loader, which, self._indices, self.n = sized_sample_loader(
+            trainer, self.sample_from, self.sample_size, self.default
+        )
+        self._got = None
+        if self.sample_from == "val" and which == "train":
+            rank_zero_info(f"{self.owner}: no validation dataloader; the sample comes from `train`.")
+
+    def get(self, model: nn.Module) -> Pair | None:
+        """The sample (on the CPU) and its targets, or ``None`` when the batches cannot feed ``model``."""
+        if self._got is None:
+            assert self._loader is not None, "FixedSample.setup was not called"
+            got = labelled_sample(self._loader, self._indices, self.n, model, self.owner)
+            self._got = got if got is not None else False
+        return self._got or None
+
+    def discard(self) -> None:
+        """Forget the built sample: the next :meth:`get` gives ``None`` (it cannot be used)."""
+        self._got = False
+
+
+def on_model(trainer: Trainer, model: nn.Module, inp: ModelInput) -> ModelInput:
+    """``inp`` on the model's device, converted by the precision plugin as Lightning converts a batch."""
+    device = getattr(model, "device", None) or next(
+        (p.device for p in model.parameters()), torch.device("cpu")
+    )
+    moved = inp.apply(lambda t: t.to(device))
+    convert = trainer.precision_plugin.convert_input
+    return ModelInput(convert(moved.args), convert(moved.kwargs), moved.source)
+
+
+@contextmanager
+def inference(trainer: Trainer, model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as validation does, outside the user's training: no gradients, eager (outside
+    ``torch.compile``), in eval mode with every module's mode put back after, in the precision plugin's
+    forward context."""
+    with ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(eager())
+        stack.enter_context(modes_kept(model, eval_mode=True))
+        stack.enter_context(trainer.precision_plugin.forward_context())
+        yield
