@@ -140,6 +140,10 @@ def _series_html(folder: str, name: str, frames: list[tuple[str, int, Path]], ma
     if name.startswith(declared()[2]) or len(frames) == 1:
         unit, n, path = frames[-1]
         note = f' <span class="muted">({unit} {n})</span>' if unit else ""
+        svg = path.with_suffix(".svg")  # a drawing also saved as SVG (the model graph): linked, to zoom
+        if svg.is_file():
+            href = html.escape(f"{folder}/{svg.name}")
+            note += f' <a class="muted" href="{href}">SVG: zoom and search (beside this report)</a>'
         return f'<h3 data-series="{html.escape(name)}">{html.escape(title)}{note}</h3>{_img(path, title)}'
     frames = _thin(frames, max_frames)
     sid = re.sub(r"[^a-zA-Z0-9_-]", "-", f"{folder}-{name}")

@@ -54,7 +54,7 @@ class ModelGraphCallback(VizCallback):
     figures: ClassVar[tuple[FigureSpec, ...]] = (
         FigureSpec(
             "model_graph",
-            "The module graph, traced with one batch",
+            "The module graph, traced with one input (example_input_array or two training examples)",
             "lightning_viz.render.graph:render_graph",
             "model_graph.json",
         ),

@@ -82,6 +82,7 @@ def _relabel(graph: Any, names: dict[int, str], parents: set[int]) -> None:
     # drawn left to right came out 92 px tall, unreadable): its natural size, bounded only when it is huge.
     attrs = graph.visual_graph.graph_attr
     attrs.pop("size", None)
+    attrs["fontname"] = graph.visual_graph.node_attr.get("fontname", "Helvetica")  # box labels as the nodes'
     size = bounded_size(graph.visual_graph.source) if dot_binary() else None
     if size:
         attrs["size"] = size

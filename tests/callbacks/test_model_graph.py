@@ -194,6 +194,12 @@ def test_a_long_graph_drawn_left_to_right_and_expanded_is_readable(tmp_path):
     # 48 leaf nodes and 24 additions in a row, each at least 100 px wide at its natural size; a node's
     # two-line name and its input/output rows need at least 40 px of height
     assert width > 72 * 100 and height > 40, im.size
+    # the report shows the picture and links the SVG beside it (a long graph is read zoomed in)
+    from lightning_viz.report import build_report
+
+    page = build_report(viz(trainer).parent)
+    link = __import__("re").search(r'href="(model_graph/[^"]+\.svg)"', page.read_text())
+    assert link and (page.parent / link[1]).read_text() == svg
 
 
 @needs_dot
