@@ -5,7 +5,8 @@ never takes a time slice from training; when every core trains it gets no CPU at
 not root cannot raise its priority again (Linux allows leaving ``SCHED_IDLE`` only within ``RLIMIT_NICE``,
 which is 0 by default). So on rank zero, at every batch boundary (training and validation), :class:`Pacer`
 asks the render queue whether a figure is *late*: due for ``LATE_AFTER_S`` (1 s) while the render
-process used less than half a core (:meth:`~lightning_viz.core.writer.BackgroundWriter.late`). If so the
+process used less than half a core (:meth:`~lightning_viz.core.writer.BackgroundWriter.late`; asked at most
+10 times a second, so that the check costs a short step nothing). If so the
 training thread waits for the figures due by then: the cores go idle and the render process draws on one of
 them. One wait lasts at most ``WAIT_AT_MOST_S`` (2 s; under DDP the other ranks wait no longer than that in
 their next collective, and no rank but zero ever waits), and all the waits together at most ``WAIT_SHARE``
@@ -37,6 +38,7 @@ WAIT_SHARE = 0.25  # all the waits together, as a share of the training's own ti
 MIN_WAIT_S = 0.5  # the budget is spent in waits this long or longer (the render process draws in chunks)
 STARVED_BELOW = 0.5  # the render process used less than this share of a core: it gets no CPU
 SHARE_ENV = "LIGHTNING_VIZ_WAIT_SHARE"
+CHECKS_PER_LATE = 10  # batch boundaries look at the render queue at most this often per LATE_AFTER_S
 
 
 def wait_share() -> float:
@@ -73,6 +75,7 @@ class Pacer:
         self.soon_s = settings.redraw_every_s()
         self._total: float | None = None  # optimizer steps the fit will take, when known
         self._from: tuple[int, float] = (0, self.started)  # (step, time) training started at
+        self._checked = float("-inf")  # when batch_boundary last looked at the queue
 
     def plan(self, total_steps: float, step: int) -> None:
         """Training starts at ``step`` and runs ``total_steps`` optimizer steps in all (``inf``: unknown)."""
@@ -104,10 +107,15 @@ class Pacer:
         return (cpu - mark[1]) / (now - mark[0]) < STARVED_BELOW
 
     def batch_boundary(self, step: int = 0) -> None:
+        now = time.monotonic()
+        # At most CHECKS_PER_LATE checks per LATE_AFTER_S: lateness is measured in seconds, and a check
+        # (the queue's lock, the render process's CPU clock) would cost a few percent of a short step.
+        if now - self._checked < writer.LATE_AFTER_S / CHECKS_PER_LATE:
+            return
+        self._checked = now
         w = writer._writers.get("render")
         if w is None:
             return
-        now = time.monotonic()
         share = self.share
         self.budget = min(WAIT_AT_MOST_S, self.budget + share * (now - self.last))
         self.last = now

@@ -76,6 +76,23 @@ def test_training_waits_for_a_late_figure_only_while_the_render_process_gets_no_
         assert pacer.waits == 0 and not waiting.is_set()
 
 
+def test_batch_boundaries_look_at_the_queue_a_bounded_number_of_times_a_second(render_writer, monkeypatch):
+    """Lateness is measured in seconds, so a batch boundary asks the render queue at most CHECKS_PER_LATE
+    times per LATE_AFTER_S: 5000 boundaries in a burst (short steps) cost one or two looks, not 5000 (each
+    look takes the queue's lock, and when a figure is late reads the render process's CPU clock)."""
+    w = render_writer(FakeCpu(running=True))
+    monkeypatch.setattr(writer, "LATE_AFTER_S", 10.0)  # the burst below lasts far less than 10 s / 10
+    looks = []
+    real_late = w.late
+    w.late = lambda now=None: looks.append(now) or real_late(now)
+    pacer = pacing.Pacer()
+    start = time.monotonic()
+    for step in range(5000):
+        pacer.batch_boundary(step)
+    elapsed = time.monotonic() - start
+    assert 1 <= len(looks) <= 1 + elapsed / (10.0 / pacing.CHECKS_PER_LATE) + 1, (len(looks), elapsed)
+
+
 def test_no_wait_when_training_ends_within_the_redraw_interval(render_writer, monkeypatch):
     """A figure late near the end of training is left for the fit-end flush, which draws its newest version
     then: a short run draws each figure once instead of once mid-run and again at the end. The estimate is
