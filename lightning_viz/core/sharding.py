@@ -249,7 +249,7 @@ def local_view(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     if owner is not None:
         unit, is_flat = owner
         return unit.valid(t) if is_flat else (t, unit.contributes)
-    return t, global_rank() == 0 or world_size() == 1
+    return t, world_size() == 1 or global_rank() == 0  # one process: no launcher variables to read
 
 
 def full_numel(t: torch.Tensor) -> int:

@@ -177,9 +177,9 @@ def _histogram_set(
 
     ref = next((t for t in locals_ if t is not None), None)
     dev = distributed.collective_device(ref)
-    mins = torch.full((p,), math.inf, dtype=torch.float64)
-    maxs = torch.full((p,), -math.inf, dtype=torch.float64)
-    nonfinite = torch.zeros(p, dtype=torch.float64)
+    mins = np.full(p, math.inf)  # host arrays: set element by element below (a tensor's costs ~us each)
+    maxs = np.full(p, -math.inf)
+    nonfinite = np.zeros(p)
     finite_parts: dict[int, torch.Tensor] = {}
     try:
         present = [i for i, t in enumerate(locals_) if t is not None and t.numel() > 0]
@@ -190,9 +190,9 @@ def _histogram_set(
                 mm = torch.stack(pairs).to(torch.float64)
             else:
                 mm = device_histograms.ranges(xs)
-            mm = mm.cpu()  # one small host copy: which tensors hold non-finite values
+            host_mm = mm.cpu().numpy()  # one small host copy: which tensors hold non-finite values
             for row, i in enumerate(present):
-                lo, hi = float(mm[row, 0]), float(mm[row, 1])
+                lo, hi = float(host_mm[row, 0]), float(host_mm[row, 1])
                 if math.isfinite(lo) and math.isfinite(hi):
                     mins[i], maxs[i] = lo, hi
                     continue
@@ -210,10 +210,13 @@ def _histogram_set(
                 numel[i] = x.numel()  # local shard sizes sum to the full size; replicas count once
     except Exception:
         failed = True
-        mins.fill_(math.inf)
-        maxs.fill_(-math.inf)
+        mins.fill(math.inf)
+        maxs.fill(-math.inf)
     red, any_failed = distributed.reduce_values(
-        {"min": mins, "max": maxs}, {"min": "min", "max": "max"}, failed=failed, device=dev
+        {"min": torch.from_numpy(mins), "max": torch.from_numpy(maxs)},
+        {"min": "min", "max": "max"},
+        failed=failed,
+        device=dev,
     )
     lo_all = red["min"].cpu().numpy()
     hi_all = red["max"].cpu().numpy()
@@ -254,7 +257,7 @@ def _histogram_set(
             "counts": counts,
             "sum": sums.to(dev),
             "sumsq": sumsq.to(dev),
-            "nonfinite": nonfinite.to(dev),
+            "nonfinite": torch.from_numpy(nonfinite).to(dev),
             "numel": torch.as_tensor(numel, dtype=torch.float64, device=dev),
         },
         {"counts": "sum", "sum": "sum", "sumsq": "sum", "nonfinite": "sum", "numel": "sum"},
