@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -23,6 +24,24 @@ logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*GPU available but not used.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+GPU_TESTS = Path(__file__).resolve().parent / "gpu"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without CUDA, tests/gpu runs inside tests/cli/test_gpu_check.py, which runs ``make gpu-check``'s CPU
+    parts (tests/gpu among them) and asserts that they pass: a run of the whole suite does not run them a
+    second time. They are collected when CUDA is present, under ``make gpu-check`` (``LV_GPU_CHECK``), and
+    when the command line names them (``pytest tests/gpu``)."""
+    if collection_path.resolve() != GPU_TESTS or os.environ.get("LV_GPU_CHECK"):
+        return None
+    named = [Path(str(a).split("::")[0]).resolve() for a in config.args]
+    if any(p == GPU_TESTS or GPU_TESTS in p.parents for p in named):
+        return None
+    import torch
+
+    return None if torch.cuda.is_available() else True
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,7 @@
 """A Ray Train job of the distributed tests: ``python tests/distributed/ray_job.py SPEC.json``.
 
+The spec is one job, or ``{"jobs": [...]}``: several, one after another on the same local cluster.
+
 Starts a local Ray cluster and runs ``ray.train.torch.TorchTrainer`` on 2 CPU workers. Each worker builds
 the Lightning Trainer as Ray documents it (``RayDDPStrategy`` or ``RayFSDPStrategy``, the
 ``RayLightningEnvironment`` plugin, ``prepare_trainer``) with the same model, data and lightning-viz
@@ -71,21 +73,25 @@ def train_func(spec: dict) -> None:
 
 
 def main() -> None:
+    """One Ray cluster for every job of the spec (``{"jobs": [spec, ...]}``, or one spec), run one after
+    another: a cluster's start-up is most of a short job's time."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    spec = json.loads(Path(sys.argv[1]).read_text())
-    out = Path(spec["out"])
-    out.mkdir(parents=True, exist_ok=True)
+    given = json.loads(Path(sys.argv[1]).read_text())
+    jobs = given.get("jobs", [given])
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
     try:
-        TorchTrainer(
-            train_func,
-            train_loop_config=spec,
-            scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
-            run_config=RunConfig(storage_path=str(out / "ray_storage"), name="lvtest"),
-        ).fit()
+        for spec in jobs:
+            out = Path(spec["out"])
+            out.mkdir(parents=True, exist_ok=True)
+            TorchTrainer(
+                train_func,
+                train_loop_config=spec,
+                scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+                run_config=RunConfig(storage_path=str(out / "ray_storage"), name="lvtest"),
+            ).fit()
     finally:
         ray.shutdown()
 

@@ -30,10 +30,12 @@ JOB = ROOT / "tests" / "distributed" / "ray_job.py"
 SPEC = {"every_n_steps": 2, "probe_steps": [0, 2], "max_epochs": 2}
 
 
-def ray_job(tmp: Path, name: str, **spec) -> tuple[Path, str]:
-    out = tmp / name
-    path = tmp / f"{name}.json"
-    path.write_text(json.dumps({**SPEC, **spec, "out": str(out)}))
+def ray_jobs(tmp: Path, **jobs: dict) -> str:
+    """Run the named jobs one after another on one local Ray cluster (its start-up is most of a short
+    job's time); each writes into ``tmp / name``. Returns the driver's log (every worker's output)."""
+    path = tmp / "jobs.json"
+    specs = [{**SPEC, **spec, "out": str(tmp / name)} for name, spec in jobs.items()]
+    path.write_text(json.dumps({"jobs": specs}))
     env = clean_env(RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run(
         [sys.executable, str(JOB), str(path)],
@@ -41,11 +43,11 @@ def ray_job(tmp: Path, name: str, **spec) -> tuple[Path, str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=TIMEOUT,
+        timeout=TIMEOUT * len(specs),
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-8000:]
-    return out, log
+    return log
 
 
 def where(log: str) -> list[str]:
@@ -54,11 +56,23 @@ def where(log: str) -> list[str]:
     return sorted(set(found))
 
 
-def test_ray_ddp_writes_once_and_matches_lightnings_own_launcher(tmp_path):
-    out, log = ray_job(tmp_path, "ray_ddp", strategy="ddp")
+def test_ray_ddp_and_fsdp_write_once_count_exactly_and_say_where(tmp_path):
+    """Three jobs on one cluster: DDP (its histograms equal those of Lightning's own launcher), FSDP (the
+    shards' histograms are those of the full parameters) and DDP with Lightning's default logger (one line
+    names the one folder that holds the pictures)."""
+    log = ray_jobs(
+        tmp_path,
+        ray_ddp={"strategy": "ddp"},
+        ray_fsdp={"strategy": "fsdp"},
+        ray_default={"strategy": "ddp", "explicit_dir": False, "probe_steps": []},
+    )
+    said = where(log)
+
+    # DDP: one set of outputs, exact, the same histograms as Lightning's own DDP launcher
+    out = tmp_path / "ray_ddp"
     assert json.loads((out / "ray_result.json").read_text())["world_size"] == 2
     run = out / "tb" / "version_0"
-    assert where(log) == [str(run / "viz")], log[-3000:]
+    assert str(run / "viz") in said, said
     assert_no_duplicate_events(run)
     assert check_against_probe(out, [0, 2]) > 0  # exact against numpy on the gathered values
     ref = run_job(tmp_path, name="ref", strategy="ddp", devices=2, **SPEC)
@@ -69,18 +83,19 @@ def test_ray_ddp_writes_once_and_matches_lightnings_own_launcher(tmp_path):
             list(e.histogram_value.bucket) for e in b[tag]
         ], tag
 
-
-def test_ray_fsdp_counts_the_full_parameters(tmp_path):
-    out, log = ray_job(tmp_path, "ray_fsdp", strategy="fsdp")
+    # FSDP: the shards' histograms are those of the full parameters
+    out = tmp_path / "ray_fsdp"
     run = out / "tb" / "version_0"
-    assert where(log) == [str(run / "viz")], log[-3000:]
+    assert str(run / "viz") in said, said
     assert_no_duplicate_events(run)
-    assert check_against_probe(out, [0, 2]) > 0  # the shards' histograms are those of the full parameters
+    assert check_against_probe(out, [0, 2]) > 0
 
-
-def test_ray_with_the_default_logger_says_where_the_pictures_are(tmp_path):
-    _, log = ray_job(tmp_path, "ray_default", strategy="ddp", explicit_dir=False, probe_steps=[])
-    dirs = where(log)
-    assert len(dirs) == 1, log[-3000:]
-    viz = Path(dirs[0])
+    # the default logger: exactly one more folder is named, and it holds the pictures
+    named = [
+        tmp_path / "ray_ddp" / "tb" / "version_0" / "viz",
+        tmp_path / "ray_fsdp" / "tb" / "version_0" / "viz",
+    ]
+    others = [d for d in said if Path(d) not in named]
+    assert len(said) == 3 and len(others) == 1, said
+    viz = Path(others[0])
     assert viz.is_dir() and any(viz.rglob("*.png")), viz
