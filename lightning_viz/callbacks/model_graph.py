@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -173,7 +174,9 @@ class ModelGraphCallback(VizCallback):
                 return
             for sink in sinks:
                 try:
-                    with modes_kept(root, eval_mode=True):
+                    # without gradients, as documented: with them a TransformerEncoder's trace differs from
+                    # its check run and torch.jit.trace refuses it
+                    with modes_kept(root, eval_mode=True), torch.no_grad():
                         sink.graph(*args)
                 except Exception as err:
                     if not drawn:  # nothing ran the model before: the input may be what is wrong

@@ -234,6 +234,55 @@ def test_a_dict_batch_is_fed_by_keyword_from_the_first_training_batch(tmp_path):
     assert ops(trainer).count("aten::linear") == 2 and ops(trainer).count("aten::embedding") == 1
 
 
+class Encoder(LightningModule):
+    """A TransformerEncoder fed a dict batch by keyword (tokens and a padding mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens, mask):
+        return self.head(self.encoder(self.embed(tokens), src_key_padding_mask=~mask).mean(1))
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch["tokens"], batch["mask"]), batch["label"])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        rows = [
+            {
+                "tokens": torch.randint(0, 20, (7,), generator=g),
+                "mask": torch.ones(7, dtype=torch.bool),
+                "label": i % 3,
+            }
+            for i in range(8)
+        ]
+        return DataLoader(rows, batch_size=4)
+
+
+@needs_dot
+def test_a_transformer_encoder_is_traced_for_the_graphs_dashboard_without_a_warning(tmp_path):
+    """The trace runs without gradients, as the docs say: with them, a TransformerEncoder's trace differs
+    from torch.jit.trace's check run ("Tracing failed sanity checks") and the Graphs dashboard was left out
+    with a warning on a normal run."""
+    trainer = make_trainer(tmp_path, [ModelGraphCallback()], max_epochs=1, limit_train_batches=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Encoder())
+    assert viz_warnings(caught) == []
+    traced = ops(trainer)
+    assert traced.count("aten::embedding") == 1 and traced, traced[:20]
+    svg = (viz(trainer) / "model_graph.svg").read_text()
+    for name in ("embed", "encoder.layers.0.self_attn", "encoder.layers.1.linear2", "head"):
+        assert f">{name}</text>" in svg, name
+
+
 @dataclass
 class Output:
     logits: torch.Tensor
