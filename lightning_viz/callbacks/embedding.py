@@ -22,13 +22,39 @@ from lightning_viz.core.records import Reduced, Sums
 from lightning_viz.core.sample_batch import FixedSample, inference, on_model, shrunk_images
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.sinks import fan_out
-from lightning_viz.core.warn import VizWarning, warn_once
+from lightning_viz.core.warn import VizWarning, short_error, warn_once
 from lightning_viz.render.embedding import render_embedding
 
 CHUNK = 64  # examples per forward pass of the fixed sample
 DEFAULT_SAMPLE = 256
 # modules whose features lie along the last dimension (the rest: along the second, as a convolution's channels)
 LAST_DIM = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention)
+# Modules whose [N, C, L] output has its features (channels) second; any other module's three-dimensional
+# output is a sequence [N, T, D] (a transformer, a batch-first RNN) with its features last.
+CHANNELS_FIRST_1D = (
+    nn.Conv1d,
+    nn.ConvTranspose1d,
+    nn.BatchNorm1d,
+    nn.InstanceNorm1d,
+    nn.GroupNorm,
+    nn.MaxPool1d,
+    nn.AvgPool1d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool1d,
+)
+
+
+def _features_last(module: nn.Module, value: Any) -> bool:
+    """Whether ``module``'s output ``value`` holds its features along the last dimension: always for the
+    LAST_DIM modules; for a three-dimensional output, unless the module (or the last of its leaf modules,
+    for a container) is a one-dimensional convolution, norm or pooling; never for images ([N, C, H, W])."""
+    if isinstance(module, LAST_DIM):
+        return True
+    t = value if isinstance(value, torch.Tensor) else first_float_tensor(value)
+    if t is None or t.ndim != 3:
+        return False
+    leaves = [m for m in module.modules() if not any(m.children())]
+    return not isinstance(leaves[-1] if leaves else module, CHANNELS_FIRST_1D)
 
 
 class EmbeddingCallback(VizCallback):
@@ -41,8 +67,9 @@ class EmbeddingCallback(VizCallback):
     classifier head reads); a model without Linear layers gives its last convolution's output. ``layer``
     names another module (a clean module name as ``ModelSummaryCallback`` shows it): its *output* is taken.
     Features with more than two dimensions become one row per example: a convolution's ``[N, C, H, W]``
-    averaged over positions (``pool: mean``, ``[N, C]``) or flattened (``pool: flatten``); a Linear's
-    ``[N, T, D]`` averaged over its tokens. The forward pass runs in eval mode without gradients, in chunks
+    averaged over positions (``pool: mean``, ``[N, C]``) or flattened (``pool: flatten``); any other
+    ``[N, T, D]`` (a Linear's, a transformer's; not a 1-D convolution's ``[N, C, L]``) averaged over its
+    tokens, a nested tensor over each example's own tokens. The forward pass runs in eval mode without gradients, in chunks
     of 64 examples, outside ``torch.compile`` so hooks fire; on every rank (sharded models need all of them),
     rank 0's features are drawn. Labels are the batch's target (second element or ``y``/``label``/...
     key), predictions the model's output, as ``PredictionGridCallback`` reads them. Figures are
@@ -166,11 +193,12 @@ class EmbeddingCallback(VizCallback):
         assert self._module is not None
         seen: list[Any] = []
         pooled: list[bool] = []
-        feature_last = isinstance(self._module, LAST_DIM) or self.source == "input"
+        module = self._module
 
         def keep(value: Any) -> None:
             if not seen:  # the first call of a module the forward calls more than once
-                seen.append(features_of(value, self.pool, channels_last=feature_last))
+                last = self.source == "input" or _features_last(module, value)
+                seen.append(features_of(value, self.pool, channels_last=last))
                 raw = value if isinstance(value, torch.Tensor) else first_float_tensor(value)
                 pooled.append(raw is not None and raw.ndim > 2 and self.pool == "mean")
 
@@ -252,7 +280,7 @@ class EmbeddingCallback(VizCallback):
             failed = True
             warn_once(
                 (type(self).__name__, "capture", type(err).__name__),
-                f"EmbeddingCallback: the fixed sample's forward pass failed at step {step}: {err!r}. "
+                f"EmbeddingCallback: the fixed sample's forward pass failed at step {step}: {short_error(err)}. "
                 "Training continues; this warning is shown once.",
             )
             values = {}

@@ -16,7 +16,7 @@ from lightning_viz.core.hooks import modes_kept
 from lightning_viz.core.model_input import ModelInput, example_of
 from lightning_viz.core.sample_batch import dataset_size, labelled_sample, sample_loader
 from lightning_viz.core.sinks import FileSink, Sink, fan_out
-from lightning_viz.core.warn import warn_once
+from lightning_viz.core.warn import short_error, warn_once
 from lightning_viz.render.graph import dot_pipe, render_graph
 
 SAMPLE_SIZE = 2  # examples of the first training batch the graph is traced with
@@ -149,7 +149,7 @@ class ModelGraphCallback(VizCallback):
         )
         warn_once(
             (name, "input"),
-            f"{name}: {who} cannot run the model on its input ({inp.source}: {shapes}): {_first_line(err)}; "
+            f"{name}: {who} cannot run the model on its input ({inp.source}: {shapes}): {short_error(err)}; "
             f"so the model graph is not drawn nor traced ({hint}). Training continues.",
         )
 
@@ -184,7 +184,7 @@ class ModelGraphCallback(VizCallback):
                         return
                     warn_once(
                         (name, "trace"),
-                        f"{name}: torch.jit.trace cannot trace the model ({_first_line(err)}), so TensorBoard's "
+                        f"{name}: torch.jit.trace cannot trace the model ({short_error(err)}), so TensorBoard's "
                         "Graphs dashboard is left out; the drawn graph is not. Set `tensorboard: false` to skip "
                         "the trace. Training continues.",
                     )
@@ -215,9 +215,3 @@ class ModelGraphCallback(VizCallback):
 
         self._submit("model_graph.svg", svg)
         return True
-
-
-def _first_line(err: BaseException) -> str:
-    """``Type: the first line of the message`` (at most 200 characters; TorchScript appends whole graphs)."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {(lines[0] if lines else '')[:200]}"

@@ -17,7 +17,7 @@ from lightning_viz.core.model_input import ModelInput, model_input
 from lightning_viz.core.records import Reduced, Sums, SumsAndRows
 from lightning_viz.core.sample_batch import FixedSample, inference, on_model, shrunk_images
 from lightning_viz.core.schedule import Schedule
-from lightning_viz.core.warn import warn_once
+from lightning_viz.core.warn import short_error, warn_once
 from lightning_viz.render.predictions import render_predictions
 
 SEQUENCE_SHOWN, SEQUENCE_TOKENS = 8, 64  # the examples and positions the sequence panel shows
@@ -259,7 +259,7 @@ class PredictionGridCallback(VizCallback):
             failed = True
             warn_once(
                 (type(self).__name__, "capture", type(err).__name__),
-                f"PredictionGridCallback: the fixed sample's forward pass failed at step {step}: {err!r}. "
+                f"PredictionGridCallback: the fixed sample's forward pass failed at step {step}: {short_error(err)}. "
                 "Training continues; this warning is shown once.",
             )
             values = {}

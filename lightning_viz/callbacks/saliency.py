@@ -20,7 +20,7 @@ from lightning_viz.core.model_input import ModelInput
 from lightning_viz.core.records import Reduced, Sums
 from lightning_viz.core.sample_batch import FixedSample, on_model, shrunk_images
 from lightning_viz.core.schedule import Schedule
-from lightning_viz.core.warn import VizWarning, warn_once
+from lightning_viz.core.warn import VizWarning, short_error, warn_once
 from lightning_viz.render.saliency import render_saliency
 
 METHODS = ("auto", "gradcam", "input_gradient")
@@ -185,7 +185,7 @@ class SaliencyCallback(VizCallback):
             failed = True
             warn_once(
                 (type(self).__name__, "capture", type(err).__name__),
-                f"SaliencyCallback: the saliency pass failed at step {step}: {err!r}. Training continues; "
+                f"SaliencyCallback: the saliency pass failed at step {step}: {short_error(err)}. Training continues; "
                 "this warning is shown once.",
             )
             values = {}

@@ -37,7 +37,7 @@ from lightning_viz.core.figures import FRAME, FigureSpec
 from lightning_viz.core.records import Captured, Reduced
 from lightning_viz.core.schedule import Schedule
 from lightning_viz.core.sinks import FileSink, Sink, drop_unwritable_files, fan_out, make_sinks
-from lightning_viz.core.warn import warn_if_state_missing, warn_once
+from lightning_viz.core.warn import short_error, warn_if_state_missing, warn_once
 
 WhenFull = Literal["wait", "drop_oldest"]
 
@@ -262,7 +262,7 @@ class VizCallback(Callback):
             warn_once(
                 (type(self).__name__, what, type(err).__name__),
                 f"{type(self).__name__}: {what} failed at step {trainer.global_step} "
-                f"(epoch {trainer.current_epoch}): {err!r}. Training continues; this warning is shown once.",
+                f"(epoch {trainer.current_epoch}): {short_error(err)}. Training continues; this warning is shown once.",
             )
 
     # ------------------------------------------------------------------ sharing captures

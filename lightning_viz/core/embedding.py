@@ -24,12 +24,20 @@ def features_of(value: Any, pool: Pool, *, channels_last: bool = False) -> torch
     """One row of features per example from a layer's input or output (its first float tensor): ``[N, D]``
     as is; more dimensions averaged over the positions (``"mean"``) or flattened (``"flatten"``). The
     features lie along the second dimension (a convolution's ``[N, C, H, W] -> [N, C]``) or, with
-    ``channels_last``, along the last (a Linear's ``[N, T, D] -> [N, D]``). ``None`` when there is no such
-    tensor, or it has fewer than two dimensions."""
+    ``channels_last``, along the last (a Linear's ``[N, T, D] -> [N, D]``); a nested tensor (examples of
+    different lengths) is averaged over each example's own positions. ``None`` when there is no such tensor,
+    or it has fewer than two dimensions."""
     t = value if isinstance(value, torch.Tensor) else first_float_tensor(value)
     if t is None or t.ndim < 2 or not t.is_floating_point():
         return None
     t = t.detach()
+    if (
+        t.is_nested
+    ):  # a TransformerEncoder's fast path (eval mode, a padding mask): each example its own tokens
+        rows = [
+            x.reshape(-1, x.shape[-1]).mean(0) if channels_last else x.flatten(1).mean(1) for x in t.unbind()
+        ]
+        return torch.stack(rows).float()
     if t.ndim > 2 and pool == "flatten":
         t = t.flatten(1)
     elif t.ndim > 2:

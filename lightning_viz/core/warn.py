@@ -16,6 +16,14 @@ class VizWarning(UserWarning):
     """Category of every warning lightning-viz emits."""
 
 
+def short_error(err: BaseException, limit: int = 200) -> str:
+    """``Type: the first line of the message``, at most ``limit`` characters of it, for a one-line warning
+    (torch appends whole backend lists and TorchScript whole graphs to some messages)."""
+    lines = str(err).strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{type(err).__name__}: {first[:limit]}{'...' if len(first) > limit or len(lines) > 1 else ''}"
+
+
 def warn_once(key: Hashable, message: str) -> bool:
     """Emit ``message`` as a :class:`VizWarning` the first time ``key`` is seen in this process."""
     with _lock:

@@ -218,6 +218,93 @@ def test_a_model_without_convolutions_with_float_targets(tmp_path, layer):
     np.testing.assert_allclose(d["labels"], target.numpy(), rtol=1e-6)
 
 
+class Transformer(LightningModule):
+    """A batch-first TransformerEncoder over padded token sequences (dict batches: tokens, mask, label),
+    classified from the mean over the valid tokens. In eval mode without gradients PyTorch runs the encoder
+    through its fast path: its layers then output nested tensors (each example its own length)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, tokens, mask):
+        h = self.encoder(self.embed(tokens), src_key_padding_mask=~mask)
+        return self.head((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch["tokens"], batch["mask"]), batch["label"])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch["tokens"], batch["mask"]), batch["label"]))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    @staticmethod
+    def data(n: int, seed: int) -> list[dict]:
+        g = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, 20, (n, 6), generator=g)
+        lengths = torch.randint(3, 7, (n,), generator=g)
+        mask = torch.arange(6)[None, :] < lengths[:, None]
+        return [{"tokens": tokens[i], "mask": mask[i], "label": int(tokens[i, 0]) % 4} for i in range(n)]
+
+    def train_dataloader(self):
+        return DataLoader(self.data(32, 0), batch_size=8)
+
+    def val_dataloader(self):
+        return DataLoader(self.data(N_VAL, 1), batch_size=8)
+
+
+class PaddedReference(Callback):
+    """The test's own features at each epoch end, before EmbeddingCallback's: ``module``'s output on the first
+    N validation examples in eval mode WITH gradients (so PyTorch takes its plain path: padded [N, T, D]
+    outputs, no nested tensors), averaged over each example's valid tokens (its mask)."""
+
+    def __init__(self, module: str) -> None:
+        self.module, self.features = module, []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        rows = Transformer.data(N_VAL, 1)[:N]
+        tokens = torch.stack([r["tokens"] for r in rows])
+        mask = torch.stack([r["mask"] for r in rows])
+        got = []
+        h = dict(pl_module.named_modules())[self.module].register_forward_hook(lambda m, a, o: got.append(o))
+        was = pl_module.training
+        pl_module.eval()
+        pl_module(tokens, mask)
+        pl_module.train(was)
+        h.remove()
+        out = got[0].detach()
+        assert not out.is_nested and out.shape == (N, 6, 16)
+        self.features.append((out * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("layer", ["encoder", "encoder.layers.1"], ids=["encoder", "nested-layer"])
+def test_a_transformer_layers_features_are_its_tokens_mean_not_a_mean_over_features(tmp_path, layer):
+    """A [N, T, D] output of a module that is not a Linear (here a transformer's) has its features last: one
+    D-vector per example, not T values averaged over D. A layer inside the encoder outputs a nested tensor
+    on PyTorch's fast path: each example is averaged over its own tokens (was one warning with PyTorch's
+    whole list of backends, and no embedding)."""
+    torch.manual_seed(0)
+    ref = PaddedReference(layer)
+    trainer = make_trainer(tmp_path, [ref, EmbeddingCallback(sample_size=N, layer=layer)], max_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Transformer())
+    assert viz_warnings(caught) == []
+    (d,) = data_files(trainer)
+    assert d["dims"] == 16 and d["pooled"] is True and d["n"] == N
+    feats = ref.features[0]
+    if layer == "encoder":  # the encoder pads its output back: zeros at the padded positions, averaged too
+        rows = Transformer.data(N_VAL, 1)[:N]
+        mask = torch.stack([r["mask"] for r in rows])
+        feats = feats * mask.sum(1, keepdim=True) / mask.shape[1]
+    coords, _ = numpy_pca(feats.numpy())
+    np.testing.assert_allclose(np.asarray(d["coords"]), coords, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile (dynamo) unsupported")
 def test_a_named_convolution_inside_a_compiled_submodule_is_averaged_over_positions(tmp_path):
     torch.manual_seed(0)

@@ -152,3 +152,18 @@ def test_a_failing_training_loop_flushes_pending_figures(tmp_path, monkeypatch, 
     with np.load(hist.viz_dir / "weights_evolution_step000006.npz") as z:
         assert z["conv1.weight/steps"].tolist() == [0, 1, 2, 3, 4, 5]
     check_png(curves.viz_dir / "curves_epoch001.png")
+
+
+def test_a_failure_is_quoted_in_one_short_line():
+    """What a visualisation failure quotes of its error: the type and the first line, cut at 200 characters
+    (torch appends its whole list of backends to some messages, TorchScript whole graphs)."""
+    from lightning_viz.core.warn import short_error
+
+    long = NotImplementedError(
+        "Could not run 'aten::mean.dim' with arguments from the 'NestedTensorCPU' "
+        "backend." + " x" * 300 + "\nCPU: registered at ...\nMeta: registered at ..."
+    )
+    line = short_error(long)
+    assert "\n" not in line and len(line) <= len("NotImplementedError: ") + 203
+    assert line.startswith("NotImplementedError: Could not run 'aten::mean.dim'") and line.endswith("...")
+    assert short_error(ValueError("bad value")) == "ValueError: bad value"
