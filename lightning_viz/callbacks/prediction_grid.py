@@ -298,8 +298,10 @@ class PredictionGridCallback(VizCallback):
                 "accuracy": values["seq_acc"].tolist(),
             }
         elif "s_true" in values:
-            data["sample"] = {k: values[f"s_{k}"].tolist() for k in ("loss", "true", "pred", "conf")} | {
-                "images": values["s_images"].tolist() if "s_images" in values else None
+            data["sample"] = {k: values[f"s_{k}"].tolist() for k in ("loss", "true", "pred")} | {
+                # no probability (regression): null, as for the worst examples (NaN is not strict JSON)
+                "conf": [None if c != c else c for c in values["s_conf"].tolist()],
+                "images": values["s_images"].tolist() if "s_images" in values else None,
             }
         rows = values["rows"].reshape(-1, self._row_width_of(meta)) if self.worst_k else None
         if rows is not None:

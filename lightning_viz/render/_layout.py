@@ -255,6 +255,29 @@ def colorbar_room(cb: Colorbar) -> float:
     return width
 
 
+def fit_label(fig: Figure, left: str, right: str, width: float, size: float, smallest: float = 5.5) -> tuple:
+    """``(text, font size)`` of the label ``left → right`` in ``width`` inches: on one line at ``size`` points
+    when it fits; else on two lines (``left →`` over ``right``), at a smaller size down to ``smallest`` when
+    needed, and only then each line cut with an ellipsis (the labels of a grid of small tiles, which would
+    otherwise run into their neighbours')."""
+    arrow = "\N{RIGHTWARDS ARROW}"
+    one = f"{left} {arrow} {right}"
+    if text_size(fig, one, size)[0] <= width:
+        return one, size
+    lines = [f"{left} {arrow}", right]
+    widest = max(text_size(fig, line, size)[0] for line in lines)
+    if widest > width:
+        size = max(smallest, size * width / widest)
+        while size > smallest and max(text_size(fig, line, size)[0] for line in lines) > width:
+            size = max(smallest, size - 0.25)  # glyph widths are not quite proportional to the size
+    for k, line in enumerate(lines):
+        while text_size(fig, line, size)[0] > width and len(line) > 3:
+            cut = line.rstrip("\N{HORIZONTAL ELLIPSIS}")
+            line = cut[:-1].rstrip() + "\N{HORIZONTAL ELLIPSIS}"
+        lines[k] = line
+    return "\n".join(lines), size
+
+
 def shrink_title(ax: Axes, width: float, smallest: float = 6.0) -> None:
     """Make ``ax``'s title fit ``width`` inches by lowering its font size, to ``smallest`` at least (a long
     parameter name would otherwise run into the neighbouring panels' titles)."""

@@ -14,9 +14,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from lightning_viz.render._figure import new_figure
+from lightning_viz.render._layout import fit_label, text_size
 
 RIGHT, WRONG = "#1a9850", "#d73027"  # green: predicted the target; red: did not
 TILE_PAD = 2
+LABEL_PT = 7  # the tiles' labels
 
 
 def _name(v: float, names: Sequence[str] | None) -> str:
@@ -37,13 +39,47 @@ def _tile(image: np.ndarray) -> np.ndarray:
 
 
 def _grid(ax: Axes, part: Mapping[str, Any], classes: bool, names: Sequence[str] | None, title: str) -> None:
-    """The examples' images in a grid, each with "true -> predicted (confidence)" under it."""
+    """The examples' images in a grid, each with "true -> predicted (confidence)" under it (on two lines when
+    one would run into the next tile's)."""
     images = [_tile(im) for im in part["images"]]
     n = len(images)
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / cols)
     h, w = images[0].shape[:2]
+    fig = ax.get_figure(root=True)
+    # the axes' size in inches once the constrained layout has placed it: its share of the figure's width,
+    # less a margin, and the figure's height less the titles (its position now is matplotlib's default, smaller)
+    spec = ax.get_subplotspec()
+    panels = spec.get_gridspec().ncols if spec is not None else 1
+    box_w, box_h = 0.94 * fig.get_figwidth() / panels, fig.get_figheight() - 0.9
+
+    def scale(label_h: int) -> float:  # inches per canvas pixel as imshow fits the canvas in the axes
+        return min(
+            box_w / (cols * (w + TILE_PAD) + TILE_PAD), box_h / (rows * (h + label_h + TILE_PAD) + TILE_PAD)
+        )
+
+    texts, ok = [], []
+    for i in range(n):
+        true, pred, conf = part["true"][i], part["pred"][i], part["conf"][i]
+        if classes:
+            ok.append(_name(true, names) == _name(pred, names))
+            texts.append((_name(true, names), _name(pred, names) + (f" {conf:.0%}" if _number(conf) else "")))
+        else:
+            ok.append(True)
+            texts.append((f"t {true:.3g}", f"p {pred:.3g}"))
     label_h = max(4, h // 3)  # a strip under each tile for its label
+    width = 0.9 * scale(label_h) * (w + TILE_PAD)  # the room one label has, in inches (a margin kept)
+    if classes:
+        labels = [fit_label(fig, a, b, width, LABEL_PT) for a, b in texts]
+    else:  # target and prediction: "t 0.5 p 0.3", or one over the other
+        labels = [
+            (f"{a} {b}" if text_size(fig, f"{a} {b}", LABEL_PT)[0] <= width else f"{a}\n{b}", LABEL_PT)
+            for a, b in texts
+        ]
+    common = min((size for _, size in labels), default=LABEL_PT)  # one size for every label of the grid
+    labels = [(text, common) for text, _ in labels]
+    if any("\n" in t for t, _ in labels):  # two lines need a taller strip
+        label_h = max(label_h, math.ceil(2.6 * LABEL_PT / 72 / scale(label_h)))
     step_h, step_w = h + label_h + TILE_PAD, w + TILE_PAD
     canvas = np.ones((rows * step_h + TILE_PAD, cols * step_w + TILE_PAD, 3), dtype=np.float32)
     for i, im in enumerate(images):
@@ -51,27 +87,24 @@ def _grid(ax: Axes, part: Mapping[str, Any], classes: bool, names: Sequence[str]
         y, x = TILE_PAD + r * step_h, TILE_PAD + c * step_w
         canvas[y : y + h, x : x + w] = im
     ax.imshow(canvas, interpolation="nearest")
-    for i in range(n):
+    for i, (text, size) in enumerate(labels):
         r, c = divmod(i, cols)
-        true, pred, conf = part["true"][i], part["pred"][i], part["conf"][i]
-        if classes:
-            ok = _name(true, names) == _name(pred, names)
-            text = f"{_name(true, names)} \N{RIGHTWARDS ARROW} {_name(pred, names)}"
-            text += f" {conf:.0%}" if conf is not None and not math.isnan(conf) else ""
-        else:
-            ok = True
-            text = f"t {true:.3g} p {pred:.3g}"
         ax.text(
             TILE_PAD + c * step_w + w / 2 - 0.5,
             TILE_PAD + r * step_h + h + label_h / 2 - 0.5,
             text,
             ha="center",
             va="center",
-            fontsize=7,
-            color=RIGHT if ok else WRONG,
+            fontsize=size,
+            linespacing=1.1,
+            color=RIGHT if ok[i] else WRONG,
         )
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
+
+
+def _number(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
 def _bars(ax: Axes, part: Mapping[str, Any], names: Sequence[str] | None, title: str, key: str) -> None:

@@ -26,8 +26,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lightning_viz.render._figure import new_figure
+from lightning_viz.render._layout import fit_label
 
 PER_ROW = 8
+TITLE_PT = 8  # each example's "true -> predicted" title
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 
 
@@ -38,15 +40,21 @@ def _name(i: Any, names: Sequence[str] | None) -> str:
     return str(names[k]) if names and 0 <= k < len(names) else str(k)
 
 
-def _label(data: Mapping[str, Any], i: int) -> tuple[str, str]:
+def _parts(data: Mapping[str, Any], i: int) -> tuple[str | None, str, str]:
+    """(true, predicted (confidence), colour) of example ``i``; true is ``None`` when unknown."""
     names, pred, true = data.get("class_names"), data["pred"][i], (data.get("true") or [None] * (i + 1))[i]
     conf = (data.get("conf") or [None] * (i + 1))[i]
     p = _name(pred, names) + (f" ({conf:.2f})" if conf is not None else "")
     if true is None:
-        return p, "0.2"
+        return None, p, "0.2"
     if data.get("kind") == "value":
-        return f"{_name(true, None)} → {p}", "0.2"
-    return f"{_name(true, names)} → {p}", RIGHT if int(true) == int(pred) else WRONG
+        return _name(true, None), p, "0.2"
+    return _name(true, names), p, RIGHT if int(true) == int(pred) else WRONG
+
+
+def _label(data: Mapping[str, Any], i: int) -> tuple[str, str]:
+    true, p, colour = _parts(data, i)
+    return (p if true is None else f"{true} → {p}"), colour
 
 
 def _image(x: np.ndarray) -> np.ndarray:
@@ -85,6 +93,7 @@ def render_saliency(data: Mapping[str, Any]) -> Figure:
         fig = new_figure(max(6.0, 1.45 * cols + 1.2), 2.9 * rows + 0.6)
         grid = fig.add_gridspec(2 * rows, cols)
         art = None
+        titled = []
         for i in range(n):
             r, c = divmod(i, cols)
             top, bottom = fig.add_subplot(grid[2 * r, c]), fig.add_subplot(grid[2 * r + 1, c])
@@ -93,14 +102,20 @@ def render_saliency(data: Mapping[str, Any]) -> Figure:
             top.imshow(img, cmap=gray, interpolation="nearest")
             bottom.imshow(img, cmap=gray, interpolation="nearest")
             art = bottom.imshow(maps[i], cmap=cmap, alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-            text, colour = _label(data, i)
-            top.set_title(text, fontsize=8, color=colour)
+            true, p, colour = _parts(data, i)
+            room = 0.9 * top.get_position().width * fig.get_figwidth()  # inches, before the layout
+            text, size = (p, TITLE_PT) if true is None else fit_label(fig, true, p, room, TITLE_PT)
+            top.set_title(text, fontsize=size, color=colour, linespacing=1.1)
+            titled.append(top.title)
             for ax in (top, bottom):
                 ax.set_xticks([])
                 ax.set_yticks([])
             if c == 0:
                 top.set_ylabel("input", fontsize=8)
                 bottom.set_ylabel("saliency", fontsize=8)
+        common = min((t.get_fontsize() for t in titled), default=TITLE_PT)  # one size for every title
+        for t in titled:
+            t.set_fontsize(common)
         if art is not None:
             fig.colorbar(art, ax=fig.axes, shrink=0.6, label="share of the map's maximum")
         fig.suptitle(title, fontsize=10)

@@ -191,6 +191,10 @@ def test_regression_on_a_model_without_convolutions(tmp_path):
     assert viz_warnings(caught) == []
     (d,) = data_files(trainer)
     assert d["task"] == "regression" and d["sample"]["images"] is None
+    # no probability for a regression: null in strict JSON, in the sample as in the worst examples
+    assert d["sample"]["conf"] == [None] * 10 and d["worst"]["conf"] == [None] * 4
+    path = sorted((Path(trainer.log_dir) / "viz" / "prediction_grid").glob("predictions_step*.json"))[0]
+    json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not strict JSON"))
     np.testing.assert_allclose(d["sample"]["pred"], ref.sample[0][:10, 0].numpy(), rtol=1e-5)
     np.testing.assert_allclose(d["sample"]["true"], model.y[:10, 0].numpy(), rtol=1e-6)
     losses = ref.val_losses[0]

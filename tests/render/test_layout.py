@@ -264,3 +264,60 @@ def test_png_bytes_keeps_every_pixel():
     with Image.open(io.BytesIO(png_bytes(rgba))) as img:
         assert img.mode == "RGBA"
         np.testing.assert_array_equal(np.asarray(img), rgba)
+
+
+LONG_NAMES = ["top-left", "top-right", "bottom-left", "bottom-right"]
+
+
+def _tile_labels(fig: Figure, which: str) -> list[tuple[Text, Bbox]]:
+    renderer = fig.canvas.get_renderer()
+    if which == "texts":
+        texts = [t for ax in fig.axes for t in ax.texts]
+    else:
+        texts = [ax.title for ax in fig.axes if ax.title.get_text()]
+    return [(t, t.get_window_extent(renderer)) for t in texts]
+
+
+@pytest.mark.parametrize("kind", ["predictions", "saliency"])
+def test_tile_labels_with_long_class_names_do_not_run_into_each_other(kind):
+    """'bottom-right -> top-left 43%' under (or over) a small tile ran into the next tile's label; a label
+    that does not fit goes on two lines (true ->, then predicted), each one inside its tile's room."""
+    from lightning_viz.render.predictions import render_predictions
+    from lightning_viz.render.saliency import render_saliency
+
+    rng = np.random.default_rng(0)
+    n = 16 if kind == "predictions" else 8
+    true, pred = [int(v) for v in rng.integers(0, 4, n)], [int(v) for v in rng.integers(0, 4, n)]
+    images = rng.random((n, 3, 16, 16))
+    if kind == "predictions":
+        part = {"true": true, "pred": pred, "conf": [0.43] * n, "loss": [1.0] * n, "images": list(images)}
+        data = {"step": 24, "epoch": 2, "task": "classification", "class_names": LONG_NAMES, "sample": part}
+        data["worst"] = {k: v[:8] for k, v in part.items()}
+        fig, which = render_predictions(data), "texts"
+    else:
+        data = {
+            "maps": rng.random((n, 16, 16)),
+            "images": images,
+            "pred": pred,
+            "true": true,
+            "conf": [0.43] * n,
+        }
+        data |= {
+            "class_names": LONG_NAMES,
+            "method": "gradcam",
+            "layer": "backbone.3",
+            "explain": "predicted",
+        }
+        data |= {"step": 24, "epoch": 2}
+        fig, which = render_saliency(data), "titles"
+    try:
+        to_rgba(fig)
+        labels = _tile_labels(fig, which)
+        assert len(labels) >= n, len(labels)
+        assert any("\n" in t.get_text() for t, _ in labels)  # some did not fit on one line
+        for (t1, b1), (t2, b2) in itertools.combinations(labels, 2):
+            assert not _overlap(b1, b2), f"{t1.get_text()!r} overlaps {t2.get_text()!r}"
+        for t, _ in labels:  # each still names both classes in full
+            assert "\N{HORIZONTAL ELLIPSIS}" not in t.get_text(), t.get_text()
+    finally:
+        close_figure(fig)
