@@ -13,7 +13,9 @@ their next collective, and no rank but zero ever waits), and all the waits toget
 (25%) of the training's own time, a budget that fills as training runs; ``LIGHTNING_VIZ_WAIT_SHARE`` sets
 it, and 0 turns waiting off. With a core left for the rest nothing is late and training never waits. Nor
 does it wait when, at its pace so far, training ends within the redraw interval (:meth:`Pacer.ends_soon`):
-the fit-end flush draws the latest figures then, and a short run pays for each figure once.
+the fit-end flush draws the latest figures then, and a short run pays for each figure once. For that flush
+the render process gets its normal priority back where Linux allows it (root, ``CAP_SYS_NICE``), so that other
+busy processes on the machine do not starve the fit's last drawing.
 
 An epoch's cumulative figures are then on disk within about the redraw interval
 (:data:`~lightning_viz.core.writer.REDRAW_EVERY_S`, 6 s) plus their drawing time after the epoch ends, or
@@ -199,6 +201,7 @@ class DrawingPacer(Callback):
         self.pacer.batch_boundary(trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        renderer.get_renderer().promote()  # training is over: the last drawing need not yield to anything
         writer.flush()
         line = self.pacer.summary()
         if line:

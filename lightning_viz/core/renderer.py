@@ -145,6 +145,21 @@ class RenderProcess:
             elif wanted:
                 self._call(pickle.dumps(("preload", wanted)))
 
+    def promote(self) -> bool:
+        """Give the child its normal priority back (``SCHED_OTHER``, ``nice`` 0) when training is over, so that
+        the fit-end drawing is not starved by other processes; whether it worked. Linux allows it to root and
+        to processes with ``CAP_SYS_NICE`` (an unprivileged one cannot raise a priority it lowered); elsewhere
+        the child stays at the lowest priority. The next :meth:`demote` lowers it again."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return False
+        try:
+            os.sched_setscheduler(proc.pid, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 0)
+        except (AttributeError, OSError):
+            return False
+        return True
+
     def demote(self) -> None:
         """Drop the child to the lowest priority now, from this process: when training starts, while it may
         still be importing a preload at normal priority. Its first figure does the same from inside

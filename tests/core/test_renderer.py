@@ -83,6 +83,29 @@ def test_demote_drops_the_child_to_the_lowest_priority_from_the_parent(proc):
     )
 
 
+def test_promote_gives_the_child_its_priority_back_at_fit_end_where_the_system_allows(proc, monkeypatch):
+    """At fit end (DrawingPacer.on_fit_end) the child gets SCHED_OTHER and nice 0 back, so that other busy
+    processes do not starve the last drawing; where the system refuses (an unprivileged process cannot raise
+    a priority), nothing breaks and the child stays at the lowest priority."""
+    proc.start()
+    proc.child_stats()
+    proc.demote()
+    got = proc.promote()
+    if os.geteuid() == 0:  # root (CI) may; an unprivileged user needs CAP_SYS_NICE
+        assert got is True
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 0
+    proc.demote()  # the next fit lowers it again
+    assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+
+    def refused(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refused)
+    assert proc.promote() is False
+    assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 19
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
 def test_the_childs_cpu_time_tells_drawing_from_starving(proc):
     """What the pacer reads to tell a render process that draws from one that gets no CPU: the child's own
