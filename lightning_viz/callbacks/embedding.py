@@ -69,9 +69,9 @@ class EmbeddingCallback(VizCallback):
     Features with more than two dimensions become one row per example: a convolution's ``[N, C, H, W]``
     averaged over positions (``pool: mean``, ``[N, C]``) or flattened (``pool: flatten``); any other
     ``[N, T, D]`` (a Linear's, a transformer's; not a 1-D convolution's ``[N, C, L]``) averaged over its
-    tokens, a nested tensor over each example's own tokens. The forward pass runs in eval mode without gradients, in chunks
-    of 64 examples, outside ``torch.compile`` so hooks fire; on every rank (sharded models need all of them),
-    rank 0's features are drawn. Labels are the batch's target (second element or ``y``/``label``/...
+    tokens, a nested tensor over each example's own tokens. The forward pass runs in eval mode without
+    gradients, in chunks of 64 examples, outside ``torch.compile`` so hooks fire; on every rank (sharded
+    models need all of them), rank 0's features are drawn. Labels are the batch's target (second element or ``y``/``label``/...
     key), predictions the model's output, as ``PredictionGridCallback`` reads them. Figures are
     ``embedding_stepNNNNNN.png`` with a ``.json`` of the data and the features in
     ``embedding_features_stepNNNNNN.npz``; the Projector's files go beside TensorBoard's event files.

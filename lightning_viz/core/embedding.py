@@ -31,9 +31,8 @@ def features_of(value: Any, pool: Pool, *, channels_last: bool = False) -> torch
     if t is None or t.ndim < 2 or not t.is_floating_point():
         return None
     t = t.detach()
-    if (
-        t.is_nested
-    ):  # a TransformerEncoder's fast path (eval mode, a padding mask): each example its own tokens
+    # a TransformerEncoder's fast path (eval mode, a padding mask) gives nested tensors: each example its tokens
+    if t.is_nested:
         rows = [
             x.reshape(-1, x.shape[-1]).mean(0) if channels_last else x.flatten(1).mean(1) for x in t.unbind()
         ]

@@ -197,12 +197,10 @@ class FixedSample:
     def __init__(
         self, owner: str, sample_from: Literal["val", "train"], sample_size: int | None, default: int
     ) -> None:
-        self.owner, self.sample_from, self.sample_size, self.default = (
-            owner,
-            sample_from,
-            sample_size,
-            default,
-        )
+        self.owner = owner
+        self.sample_from: Literal["val", "train"] = sample_from
+        self.sample_size = sample_size
+        self.default = default
         self.n = sample_size or default  # the sample's size in this run, known from setup on
         self._loader: DataLoader | None = None
         self._indices: list[int] | None = None
